@@ -1,0 +1,1 @@
+"""Adapters: translate schedulers to and from Flower messages (ClientApps, ServerApp logic)."""

@@ -1,0 +1,297 @@
+"""ServerApp side of FedAvg/FedSGD: the scheduler's model, tests, checkpoints and outputs.
+
+``HorizontalServer`` implements the strategy's ``FederatedHooks``; the strategy never sees
+the scheduler.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+
+from alphafed_flwr.api.env import RunEnvironment, set_environment
+from alphafed_flwr.api.errors import TaskFailed
+from alphafed_flwr.api.fed_avg import FedAvgScheduler, FedSGDScheduler
+from alphafed_flwr.api.log import logger
+from alphafed_flwr.api.metrics import append_csv_row, csv_file, truncate_csv_after_round
+from alphafed_flwr.api.scheduler import TaskComplete, call_user
+from alphafed_flwr.strategies import (
+    FedAvgWithClientLimits,
+    FedSGD,
+    RoundOutcome,
+    StrategyError,
+)
+
+from .outputs import Checkpoint, RunSummary, save_state_dict
+from .records import arrays_to_numpy, arrays_to_state, numpy_to_arrays, state_to_arrays
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Server-side run settings.
+
+    Parameters
+    ----------
+    out_dir : Path
+        Output folder (weights, TensorBoard, metrics, checkpoint, summary.json).
+    task_id : str
+        The task id.
+    rounds : int | None
+        Overrides the scheduler's ``max_rounds``.
+    data_dir : Path | None
+        The server's data folder (its test data; its training data with
+        ``involve_aggregator``).
+    seed : int | None
+        Seed of the initial model and of client sampling.
+    weighted : bool
+        Mean weighted by sample count (``False``: unweighted, as AlphaFed).
+    client_eval : bool
+        Clients also test the global model on their data on test rounds.
+    resume : bool
+        Continue from ``<out>/checkpoint`` if a checkpoint is there.
+    max_round_retries : int
+        Retries of a round with too few valid results.
+    record : dict[str, Any]
+        Extra configuration recorded in ``summary.json``.
+    """
+
+    out_dir: Path
+    task_id: str = "local-task"
+    rounds: int | None = None
+    data_dir: Path | None = None
+    seed: int | None = None
+    weighted: bool = True
+    client_eval: bool = True
+    resume: bool = True
+    max_round_retries: int = 3
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def is_test_round(server_round: int, log_rounds: int, max_rounds: int) -> bool:
+    """AlphaFed's schedule: round 1, every ``log_rounds`` rounds, and the last round."""
+    return (
+        server_round == 1
+        or (log_rounds > 0 and server_round % log_rounds == 0)
+        or server_round == max_rounds
+    )
+
+
+class HorizontalServer:
+    """Runs a FedAvg/FedSGD scheduler's server side through a strategy.
+
+    Parameters
+    ----------
+    scheduler : FedAvgScheduler
+        The server's scheduler (builds the initial model, tests the global model).
+    settings : ServerSettings
+        Run settings.
+    trainer : FedAvgScheduler | None
+        A second instance that trains on the server's data (``involve_aggregator``).
+    """
+
+    def __init__(
+        self,
+        scheduler: FedAvgScheduler,
+        settings: ServerSettings,
+        trainer: FedAvgScheduler | None = None,
+    ) -> None:
+        self.scheduler = scheduler
+        self.settings = settings
+        self.out = Path(settings.out_dir)
+        self.max_rounds = settings.rounds if settings.rounds else max(scheduler.max_rounds, 1)
+        scheduler.max_rounds = self.max_rounds
+        self.env = RunEnvironment(
+            role="server",
+            party="server",
+            out_dir=self.out,
+            data_dir=settings.data_dir,
+            task_id=settings.task_id,
+        )
+        scheduler.bind(self.env)
+        self.trainer = trainer if scheduler.involve_aggregator else None
+        if self.trainer is not None:
+            self.trainer.max_rounds = self.max_rounds
+            self.trainer.bind(
+                RunEnvironment("server", "server-trainer", None, settings.data_dir, settings.task_id)
+            )
+        self.checkpoint = Checkpoint(self.out / "checkpoint")
+        self.summary: RunSummary | None = None
+        self._round_start = time.monotonic()
+        self._last_test: dict[str, float] = {}
+
+    # ----- set-up ----------------------------------------------------------------------
+    def strategy(self) -> FedAvgWithClientLimits:
+        """The strategy matching the scheduler type."""
+        sched, settings = self.scheduler, self.settings
+        common = dict(
+            min_clients=sched.min_clients,
+            schedule_timeout=float(sched.schedule_timeout),
+            calculation_timeout=float(sched.calculation_timeout),
+            weighted=settings.weighted,
+            max_round_retries=settings.max_round_retries,
+            seed=settings.seed,
+        )
+        if isinstance(sched, FedSGDScheduler):
+            return FedSGD(**common)
+        return FedAvgWithClientLimits(max_clients=sched.max_clients, **common)
+
+    def initial_state(self) -> tuple[ArrayRecord, int]:
+        """Global arrays to start from and the first round (after a checkpoint: resume)."""
+        loaded = self.checkpoint.load() if self.settings.resume else None
+        config = {**self.settings.record, "max_rounds": self.max_rounds}
+        if loaded is not None:
+            arrays, meta = loaded
+            done = int(meta["round"])
+            self.summary = RunSummary(self.out, config, meta.get("summary"))
+            self.summary.data["resumed_from_round"] = done
+            for csv in (self.out / "metrics").rglob("*.csv"):
+                truncate_csv_after_round(csv, done)
+            logger.info("Resuming from the checkpoint of round %d in %s", done, self.checkpoint.path)
+            record = numpy_to_arrays(arrays)
+            call_user(self.scheduler, "load_state_dict", arrays_to_state(record))
+            return record, done + 1
+        self.summary = RunSummary(self.out, config)
+        if self.settings.seed is not None:
+            torch.manual_seed(self.settings.seed)
+        return state_to_arrays(call_user(self.scheduler, "state_dict"), "state_dict()"), 1
+
+    # ----- FederatedHooks ------------------------------------------------------------------
+    def on_round_end(
+        self, server_round: int, arrays: ArrayRecord, train_metrics: MetricRecord | None
+    ) -> RoundOutcome:
+        """Test on schedule, decide whether the task is finished, checkpoint."""
+        sched = self.scheduler
+        sched.set_round(server_round)
+        call_user(sched, "load_state_dict", arrays_to_state(arrays))
+        tested = False
+        test: dict[str, float] = {}
+        if is_test_round(server_round, sched.log_rounds, self.max_rounds):
+            test, tested = self._test(), True
+        finished = server_round >= self.max_rounds or self._finished()
+        if finished and not tested:
+            test, tested = self._test(), True
+        seconds = time.monotonic() - self._round_start
+        train = {k: float(v) for k, v in (train_metrics or {}).items()}  # type: ignore[arg-type]
+        entry = {"round": server_round, "seconds": round(seconds, 3), "train": train, "test": test}
+        assert self.summary is not None
+        self.summary.add_round(entry)
+        self.checkpoint.save(
+            arrays_to_numpy(arrays),
+            {"round": server_round, "finished": finished, "summary": self.summary.data},
+        )
+        sched.flush_outputs()
+        clients = int(train.get("num-results", 0))
+        logger.info(
+            "Round %d/%d: %d client%s, %.1fs%s",
+            server_round,
+            self.max_rounds,
+            clients,
+            "" if clients == 1 else "s",
+            seconds,
+            f", test {_fmt(test)}" if test else "",
+        )
+        self._round_start = time.monotonic()
+        return RoundOutcome(stop=finished, evaluate_clients=tested and self.settings.client_eval)
+
+    def on_client_evaluation(self, server_round: int, metrics: dict[int, RecordDict]) -> None:
+        """Write each client's test results to ``<out>/metrics/clients/<party>.csv``."""
+        for node, content in sorted(metrics.items()):
+            record = next(iter(content.metric_records.values()), MetricRecord())
+            party_record = content.config_records.get("party", ConfigRecord())
+            party = str(party_record.get("party", f"node-{node}"))
+            row = {"round": server_round, **{k: v for k, v in record.items()}}
+            path = csv_file(self.out / "metrics" / "clients", party)
+            append_csv_row(path, list(row), row)
+        if metrics:
+            logger.info("Round %d: client evaluation from %d clients written to %s",
+                        server_round, len(metrics), self.out / "metrics" / "clients")
+
+    def local_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord
+    ) -> RecordDict | None:
+        """With ``involve_aggregator``: train on the server's data as one more participant."""
+        trainer = self.trainer
+        if trainer is None:
+            return None
+        trainer.set_round(server_round)
+        call_user(trainer, "load_state_dict", arrays_to_state(arrays))
+        num_examples = trainer.run_local_round()
+        return RecordDict(
+            {
+                "arrays": state_to_arrays(call_user(trainer, "state_dict"), "state_dict()"),
+                "metrics": MetricRecord({"num-examples": num_examples}),
+            }
+        )
+
+    # ----- helpers -----------------------------------------------------------------------
+    def _test(self) -> dict[str, float]:
+        values = self.scheduler.collect_test()
+        self._last_test = values
+        return values
+
+    def _finished(self) -> bool:
+        try:
+            return bool(call_user(self.scheduler, "is_task_finished"))
+        except TaskComplete:
+            return True
+
+    def run(self, grid: Grid) -> dict[str, Any]:
+        """Run the task to its end; return ``summary.json``'s content."""
+        set_environment(self.env)
+        sched = self.scheduler
+        call_user(sched, "validate_context")
+        initial, first_round = self.initial_state()
+        assert self.summary is not None
+        if first_round > self.max_rounds:
+            logger.info("The checkpoint in %s is already at round %d of %d: nothing to run",
+                        self.checkpoint.path.parent, first_round - 1, self.max_rounds)
+            self._finish(initial, "completed")
+            return self.summary.data
+        start = time.monotonic()
+        try:
+            result = self.strategy().start(
+                grid,
+                initial,
+                num_rounds=self.max_rounds,
+                train_config=ConfigRecord({"seed": self.settings.seed or 0}),
+                hooks=self,
+                first_round=first_round,
+            )
+        except StrategyError as exc:
+            self.summary.finish("failed", error=str(exc))
+            raise TaskFailed(str(exc)) from exc
+        except BaseException as exc:
+            self.summary.finish("failed", error=f"{type(exc).__name__}: {exc}")
+            raise
+        self._finish(result.arrays, "completed", seconds=time.monotonic() - start)
+        return self.summary.data
+
+    def _finish(self, arrays: ArrayRecord, status: str, seconds: float = 0.0) -> None:
+        assert self.summary is not None
+        save_state_dict(self.out / "model.pt", arrays_to_state(arrays))
+        rounds = self.summary.data["rounds"]
+        self.summary.finish(
+            status,
+            rounds_completed=rounds[-1]["round"] if rounds else 0,
+            final_test=next((r["test"] for r in reversed(rounds) if r.get("test")), {}),
+            run_seconds=round(seconds, 3),
+            outputs={
+                "model": str(self.out / "model.pt"),
+                "metrics": str(self.out / "metrics"),
+                "tensorboard": str(self.out / "tensorboard"),
+                "checkpoint": str(self.checkpoint.path),
+            },
+        )
+        self.scheduler.close_outputs()
+        logger.info("Outputs written to %s (summary.json, model.pt, metrics/, tensorboard/)", self.out)
+
+
+def _fmt(values: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4g}" for k, v in values.items())
+

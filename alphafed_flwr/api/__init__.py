@@ -1,0 +1,24 @@
+"""The AlphaFed scheduler API (pure torch; Flower is never imported here)."""
+
+from .env import RunEnvironment, get_dataset_dir
+from .errors import AlphaFedError, ConfigError, TaskFailed, UserCodeError
+from .fed_avg import FedAvgScheduler, FedSGDScheduler
+from .log import logger
+from .metrics import register_metrics
+from .scheduler import DataChecker, Scheduler, TaskComplete
+
+__all__ = [
+    "AlphaFedError",
+    "ConfigError",
+    "DataChecker",
+    "FedAvgScheduler",
+    "FedSGDScheduler",
+    "RunEnvironment",
+    "Scheduler",
+    "TaskComplete",
+    "TaskFailed",
+    "UserCodeError",
+    "get_dataset_dir",
+    "logger",
+    "register_metrics",
+]

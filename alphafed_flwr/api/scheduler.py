@@ -1,0 +1,296 @@
+"""The scheduler base class, ``DataChecker`` and the ``launch_task`` hook (pure torch)."""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+from .env import RunEnvironment, current_environment
+from .errors import ConfigError, UserCodeError
+from .metrics import MetricsGroup, csv_path_for, declared_metrics, numeric_items
+
+__all__ = ["ConfigError", "DataChecker", "Scheduler", "TaskComplete", "launch_capture"]
+
+# Who runs a scheduler whose script calls launch_task() outside our tools.
+DIRECT_LAUNCHER = "alphafed_flwr.simulation.local:launch_directly"
+
+_captures: list[list[tuple[Scheduler, str | None]]] = []
+
+
+@contextmanager
+def launch_capture() -> Iterator[list[tuple[Scheduler, str | None]]]:
+    """While active, ``launch_task`` records ``(scheduler, task_id)`` instead of running."""
+    calls: list[tuple[Scheduler, str | None]] = []
+    _captures.append(calls)
+    try:
+        yield calls
+    finally:
+        _captures.remove(calls)
+
+
+class TaskComplete(Exception):
+    """Raised by user code to end the task early (AlphaFed compatibility)."""
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+class Scheduler:
+    """Framework side shared by all schedulers.
+
+    Subclasses list the methods users must implement in ``REQUIRED_METHODS``; a class that
+    lacks one cannot be instantiated, and the error names every missing method.
+
+    Parameters
+    ----------
+    name : str | None
+        Task name; defaults to the task id.
+    max_rounds : int
+        Rounds to run; 0 means a single round.
+    calculation_timeout : int
+        Seconds the local work of one round (or one exchange) may take.
+    schedule_timeout : int
+        Seconds to wait for parties to gather or to answer control steps.
+    log_rounds : int
+        Test every ``log_rounds`` rounds (0: only the first and last round).
+    """
+
+    REQUIRED_METHODS: ClassVar[tuple[str, ...]] = ()
+    #: At least one of these must be implemented (AlphaFed 0.1.x ``test``, 0.4.x ``run_test``).
+    TEST_METHODS: ClassVar[tuple[str, ...]] = ("test", "run_test")
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Scheduler:
+        missing = [m for m in cls.REQUIRED_METHODS if not _implemented(cls, m)]
+        if cls.TEST_METHODS and not any(_implemented(cls, m) for m in cls.TEST_METHODS):
+            missing.append(" or ".join(cls.TEST_METHODS))
+        if missing:
+            raise ConfigError(
+                f"{cls.__name__} does not implement {', '.join(missing)}: "
+                f"add {'this method' if len(missing) == 1 else 'these methods'} to the class "
+                f"(a {_api_base(cls)} subclass must implement "
+                f"{', '.join(cls.REQUIRED_METHODS + (cls.TEST_METHODS[0],))})"
+            )
+        return super().__new__(cls)
+
+    def __init__(
+        self,
+        name: str | None = None,
+        max_rounds: int = 0,
+        calculation_timeout: int = 300,
+        schedule_timeout: int = 30,
+        log_rounds: int = 0,
+    ) -> None:
+        self.name = name
+        self.max_rounds = _check_int("max_rounds", max_rounds, 0)
+        self.calculation_timeout = _check_int("calculation_timeout", calculation_timeout, 1)
+        self.schedule_timeout = _check_int("schedule_timeout", schedule_timeout, 1)
+        self.log_rounds = _check_int("log_rounds", log_rounds, 0)
+        self._round = 1
+        self._task_id: str | None = None
+        self._env: RunEnvironment | None = None
+        self._metrics: dict[str, MetricsGroup] = {}
+        self._tb_writer: Any = None
+
+    # ----- framework-provided attributes ---------------------------------------------
+    @property
+    def current_round(self) -> int:
+        """The round being run, starting at 1."""
+        return self._round
+
+    @property
+    def task_id(self) -> str:
+        """The task id given to ``launch_task``, else the name, else ``"local-task"``."""
+        env = self._env or current_environment()
+        if self._task_id:
+            return self._task_id
+        if self.name:
+            return self.name
+        return env.task_id if env else "local-task"
+
+    @property
+    def environment(self) -> RunEnvironment | None:
+        """Where this scheduler runs (set by the adapter)."""
+        return self._env
+
+    @property
+    def tb_writer(self) -> Any:
+        """A TensorBoard ``SummaryWriter`` writing into this party's output folder."""
+        if self._tb_writer is None:
+            from torch.utils.tensorboard import SummaryWriter  # lazy: tensorboard is heavy
+
+            env = self._env
+            log_dir = env.tensorboard_dir if env is not None else None
+            self._tb_writer = SummaryWriter(log_dir=str(log_dir) if log_dir else None)
+        return self._tb_writer
+
+    def get_metrics(self, name: str) -> MetricsGroup:
+        """The metrics group ``name`` declared with ``@register_metrics``."""
+        if name not in self._metrics:
+            declared = dict(declared_metrics(self))
+            if name not in declared:
+                known = sorted(set(declared) | set(self._metrics))
+                raise ConfigError(
+                    f"no metrics group '{name}': declare it with "
+                    f"@register_metrics(name='{name}', keys=[...]) on a method "
+                    f"(declared groups: {known or 'none'})"
+                )
+            self._ensure_metrics(name, declared[name])
+        return self._metrics[name]
+
+    def _ensure_metrics(self, name: str, keys: list[str]) -> None:
+        if name not in self._metrics:
+            env = self._env
+            path = (
+                csv_path_for(env.out_dir, name)
+                if env is not None and env.out_dir is not None and env.role in WRITES_METRICS
+                else None
+            )
+            self._metrics[name] = MetricsGroup(name, keys, lambda: self._round, path)
+
+    # ----- task life cycle -------------------------------------------------------------
+    def launch_task(self, task_id: str | None = None, **_: Any) -> None:
+        """Start the task.
+
+        Loaded by alphafed-flwr's tools (simulation, server, client), this only registers
+        the scheduler. Run directly (``python script.py``), it starts a local simulation.
+        """
+        self._task_id = task_id
+        if _captures:
+            _captures[-1].append((self, task_id))
+            return
+        module, _, attr = DIRECT_LAUNCHER.partition(":")
+        launcher: Callable[[Scheduler, str | None], None] = getattr(
+            importlib.import_module(module), attr
+        )
+        launcher(self, task_id)
+
+    def validate_context(self) -> None:
+        """Check the configuration; subclasses call ``super().validate_context()`` first."""
+
+    def is_task_finished(self) -> bool:
+        """Whether the task ends after the current round (default: max rounds reached)."""
+        return self._is_reach_max_rounds()
+
+    def _is_reach_max_rounds(self) -> bool:
+        return self._round >= max(self.max_rounds, 1)
+
+    # ----- used by adapters ------------------------------------------------------------
+    def bind(self, env: RunEnvironment) -> None:
+        """Attach the run environment (adapters call this once per scheduler instance)."""
+        self._env = env
+        for name, keys in declared_metrics(self):
+            self._ensure_metrics(name, keys)
+
+    def set_round(self, server_round: int) -> None:
+        """Set ``current_round``."""
+        self._round = server_round
+
+    def call_test(self, *args: Any) -> Any:
+        """Run the user's ``test`` (or ``run_test``) and wrap its errors."""
+        for name in self.TEST_METHODS:
+            if _implemented(type(self), name):
+                return call_user(self, name, *args)
+        raise ConfigError(f"{type(self).__name__} implements neither test nor run_test")
+
+    def collect_test(self, *args: Any) -> dict[str, float]:
+        """Run the user's test; return the numeric values it recorded or returned.
+
+        Values come from the rows appended to metrics groups during the call and from a
+        returned dict (AlphaFed 0.1.x tests returned one).
+        """
+        before = {name: len(group.rows) for name, group in self._metrics.items()}
+        returned = self.call_test(*args)
+        rows = [
+            row
+            for name, group in self._metrics.items()
+            for row in group.rows[before.get(name, 0) :]
+        ]
+        if isinstance(returned, Mapping):
+            rows.append(dict(returned))
+        return numeric_items(rows)
+
+    def flush_outputs(self) -> None:
+        """Flush TensorBoard events so that nothing is lost if the process ends."""
+        if self._tb_writer is not None:
+            self._tb_writer.flush()
+
+    def close_outputs(self) -> None:
+        """Close the TensorBoard writer."""
+        if self._tb_writer is not None:
+            self._tb_writer.close()
+            self._tb_writer = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_tb_writer"] = None  # writers hold files and threads; each process opens its own
+        return state
+
+
+#: Roles whose metrics groups are written as CSV files (clients reply theirs to the server).
+WRITES_METRICS = ("server", "host", "local")
+
+
+def call_user(obj: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+    """Call ``obj.method(*args, **kwargs)``; user exceptions become ``UserCodeError``."""
+    try:
+        return getattr(obj, method)(*args, **kwargs)
+    except (ConfigError, UserCodeError, TaskComplete):
+        raise
+    except Exception as exc:  # noqa: BLE001 - re-raised with the user's location
+        raise UserCodeError(f"{type(obj).__name__}.{method}", exc) from exc
+
+
+def _implemented(cls: type, method: str) -> bool:
+    """Whether ``method`` is defined by a user class rather than by this package."""
+    for klass in cls.__mro__:
+        if method in klass.__dict__:
+            return not klass.__module__.startswith("alphafed_flwr.")
+    return False
+
+
+def _api_base(cls: type) -> str:
+    for klass in cls.__mro__:
+        if klass.__module__.startswith("alphafed_flwr.api."):
+            return klass.__name__
+    return "Scheduler"
+
+
+class DataChecker(ABC):
+    """Checks a party's local data before it joins a task.
+
+    Parameters
+    ----------
+    task_id : str
+        The task whose data is checked.
+    """
+
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+
+    @abstractmethod
+    def verify_data(self) -> tuple[bool, str]:
+        """Return ``(ok, reason)``."""
+
+    def execute_verification(self) -> tuple[bool, str]:
+        """Run ``verify_data``; an exception or a malformed result is a failed check."""
+        try:
+            result = self.verify_data()
+        except Exception as exc:  # noqa: BLE001 - reported as the check's reason
+            return False, str(UserCodeError(f"{type(self).__name__}.verify_data", exc))
+        if (
+            not isinstance(result, tuple)
+            or len(result) != 2
+            or not isinstance(result[0], bool)
+        ):
+            return False, (
+                f"{type(self).__name__}.verify_data must return (bool, str), got {result!r}"
+            )
+        return result[0], str(result[1])

@@ -1,0 +1,152 @@
+"""FedAvg/FedSGD simulation: one scheduler, N virtual clients on Ray."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from alphafed_flwr.adapters.horizontal_client import ClientSettings, horizontal_client_app
+from alphafed_flwr.adapters.horizontal_server import HorizontalServer, ServerSettings
+from alphafed_flwr.adapters.templates import PickledTemplate
+from alphafed_flwr.api.env import RunEnvironment, set_environment
+from alphafed_flwr.api.errors import ConfigError
+from alphafed_flwr.api.fed_avg import FedAvgScheduler, FedSGDScheduler
+from alphafed_flwr.api.log import logger
+
+from .engine import run_ray_simulation
+
+
+@dataclass
+class SimulationOptions:
+    """Options of a simulation run (the command-line flags).
+
+    Parameters
+    ----------
+    num_clients : int
+        Virtual clients.
+    rounds : int | None
+        Overrides the scheduler's ``max_rounds``.
+    partition : str
+        ``iid``, ``dirichlet`` or ``sample``.
+    alpha : float
+        Dirichlet concentration.
+    samples : int
+        Samples per client for ``sample``.
+    seed : int | None
+        Makes partitioning, model initialisation, sampling and local shuffling reproducible.
+    out : Path
+        Output folder.
+    data_dir : Path | None
+        Data folder of every party (``get_dataset_dir``); default: the offline MNIST subset.
+    reset_optimizer : bool
+        Fresh optimizer state on clients every round.
+    weighted : bool
+        Mean weighted by sample count.
+    client_eval : bool
+        Clients test the global model on their data on test rounds.
+    fresh : bool
+        Ignore a checkpoint in ``out`` instead of resuming from it.
+    cpus_per_client : float
+        Ray CPUs per virtual client (sets how many run in parallel).
+    task_id : str | None
+        Task id (default: the scheduler's name or ``local-task``).
+    batches_per_exchange : int
+        Vertical only: batches per feature/gradient exchange.
+    """
+
+    num_clients: int = 3
+    rounds: int | None = None
+    partition: str = "iid"
+    alpha: float = 0.5
+    samples: int = 32
+    seed: int | None = None
+    out: Path = Path("runs/simulation")
+    data_dir: Path | None = None
+    reset_optimizer: bool = False
+    weighted: bool = True
+    client_eval: bool = True
+    fresh: bool = False
+    cpus_per_client: float = 1.0
+    task_id: str | None = None
+    batches_per_exchange: int = 1
+
+    def record(self) -> dict[str, Any]:
+        """The options as JSON-able values (for summary.json)."""
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self).items()}
+
+
+def check_fedsgd_loader(scheduler: FedSGDScheduler, data_dir: Path | None, task_id: str) -> None:
+    """Refuse a non-full-batch FedSGD loader in the driver, before Ray starts."""
+    probe = copy.deepcopy(scheduler)
+    env = RunEnvironment("server", "check", None, data_dir, task_id)
+    probe.bind(env)
+    set_environment(env)
+    probe.check_full_batch()
+
+
+def simulate_horizontal(scheduler: FedAvgScheduler, options: SimulationOptions) -> dict[str, Any]:
+    """Run a FedAvg/FedSGD scheduler with ``options.num_clients`` virtual clients.
+
+    Returns the content of ``summary.json``.
+    """
+    if options.num_clients < scheduler.min_clients:
+        raise ConfigError(
+            f"--num-clients {options.num_clients} is below the scheduler's min_clients "
+            f"({scheduler.min_clients}): every round would fail; use more clients"
+        )
+    out = Path(options.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    task_id = options.task_id or scheduler.task_id
+    data_dir = None if options.data_dir is None else Path(options.data_dir).resolve()
+    if isinstance(scheduler, FedSGDScheduler):
+        check_fedsgd_loader(scheduler, data_dir, task_id)
+    template = PickledTemplate(scheduler)
+    client_settings = ClientSettings(
+        task_id=task_id,
+        out_dir=str(out),
+        data_dir=None if data_dir is None else str(data_dir),
+        partition=options.partition,
+        alpha=options.alpha,
+        samples=options.samples,
+        seed=options.seed,
+        reset_optimizer=options.reset_optimizer,
+    )
+    server_settings = ServerSettings(
+        out_dir=out,
+        task_id=task_id,
+        rounds=options.rounds,
+        data_dir=data_dir,
+        seed=options.seed,
+        weighted=options.weighted,
+        client_eval=options.client_eval,
+        resume=not options.fresh,
+        record={"mode": "simulation", "scheduler": type(scheduler).__name__, **options.record()},
+    )
+    summary: dict[str, Any] = {}
+    server_app = ServerApp()
+
+    @server_app.main()
+    def _main(grid: Grid, context: Context) -> None:
+        del context
+        server = HorizontalServer(
+            template.new_instance(),  # type: ignore[arg-type]
+            server_settings,
+            trainer=template.new_instance() if scheduler.involve_aggregator else None,  # type: ignore[arg-type]
+        )
+        summary.update(server.run(grid))
+
+    client_app = horizontal_client_app(lambda _: template, lambda _: client_settings)
+    logger.info(
+        "Simulating %s with %d virtual clients (%s partition), outputs in %s",
+        type(scheduler).__name__,
+        options.num_clients,
+        options.partition,
+        out,
+    )
+    run_ray_simulation(server_app, client_app, options.num_clients, options.cpus_per_client)
+    return summary

@@ -1,0 +1,103 @@
+"""Waiting for nodes and exchanging messages with bounded, reported timeouts.
+
+Flower's ``Grid.send_and_receive`` sleeps 3 s between pulls in deployment and
+``sample_nodes`` waits forever; these helpers poll briefly and always end.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from logging import INFO
+
+from flwr.app import Message
+from flwr.serverapp import Grid
+from flwr.supercore import log
+
+from .errors import NodesUnavailable
+
+DEFAULT_POLL_INTERVAL = 0.005
+
+
+def wait_for_nodes(
+    grid: Grid, min_nodes: int, timeout: float, what: str = "clients"
+) -> list[int]:
+    """Return the connected node ids once at least ``min_nodes`` are connected.
+
+    Raises
+    ------
+    NodesUnavailable
+        If fewer than ``min_nodes`` are connected after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    last_logged = -1.0
+    while True:
+        nodes = list(grid.get_node_ids())
+        if len(nodes) >= min_nodes:
+            return nodes
+        now = time.monotonic()
+        if now >= deadline:
+            raise NodesUnavailable(
+                f"only {len(nodes)} of the {min_nodes} {what} needed connected within "
+                f"{timeout:g} s (schedule_timeout): start more clients, lower min_clients "
+                "or raise schedule_timeout"
+            )
+        if now - last_logged >= 5.0:
+            log(INFO, "Waiting for %s: %d connected, %d needed", what, len(nodes), min_nodes)
+            last_logged = now
+        time.sleep(min(0.2, max(deadline - now, 0.0)))
+
+
+@dataclass
+class ExchangeResult:
+    """Replies by destination node, and the nodes that did not answer in time."""
+
+    replies: dict[int, Message] = field(default_factory=dict)
+    missing: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def push(grid: Grid, messages: Iterable[Message]) -> dict[str, int]:
+    """Push messages; return ``{message id: destination node}``."""
+    messages = list(messages)
+    ids = list(grid.push_messages(messages))
+    return {
+        mid: msg.metadata.dst_node_id
+        for mid, msg in zip(ids, messages, strict=True)
+        if mid
+    }
+
+
+def pull(
+    grid: Grid,
+    pending: dict[str, int],
+    timeout: float,
+    poll_interval: float = DEFAULT_POLL_INTERVAL,
+) -> ExchangeResult:
+    """Pull the replies to ``pending`` until all arrived or ``timeout`` seconds passed."""
+    start = time.monotonic()
+    deadline = start + timeout
+    pending = dict(pending)
+    result = ExchangeResult()
+    while pending:
+        for reply in grid.pull_messages(list(pending)):
+            node = pending.pop(reply.metadata.reply_to_message_id, None)
+            if node is not None:
+                result.replies[node] = reply
+        if not pending or time.monotonic() >= deadline:
+            break
+        time.sleep(poll_interval)
+    result.missing = sorted(pending.values())
+    result.seconds = time.monotonic() - start
+    return result
+
+
+def exchange(
+    grid: Grid,
+    messages: Iterable[Message],
+    timeout: float,
+    poll_interval: float = DEFAULT_POLL_INTERVAL,
+) -> ExchangeResult:
+    """Push ``messages`` and pull their replies (at most ``timeout`` seconds)."""
+    return pull(grid, push(grid, messages), timeout, poll_interval)
