@@ -51,8 +51,9 @@ class ServerSettings:
         Seed of the initial model and of client sampling.
     weighted : bool
         Mean weighted by sample count (``False``: unweighted, as AlphaFed).
-    client_eval : bool
-        Clients also test the global model on their data on test rounds.
+    client_eval : str
+        When clients also test the global model on their own data: ``"last"`` (the last
+        round), ``"test-rounds"`` (every round the server tests) or ``"off"``.
     resume : bool
         Continue from ``<out>/checkpoint`` if a checkpoint is there.
     max_round_retries : int
@@ -67,7 +68,7 @@ class ServerSettings:
     data_dir: Path | None = None
     seed: int | None = None
     weighted: bool = True
-    client_eval: bool = True
+    client_eval: str = "last"
     resume: bool = True
     max_round_retries: int = 3
     record: dict[str, Any] = field(default_factory=dict)
@@ -197,7 +198,9 @@ class HorizontalServer:
             f", test {_fmt(test)}" if test else "",
         )
         self._round_start = time.monotonic()
-        return RoundOutcome(stop=finished, evaluate_clients=tested and self.settings.client_eval)
+        mode = self.settings.client_eval
+        evaluate = (mode == "test-rounds" and tested) or (mode == "last" and finished)
+        return RoundOutcome(stop=finished, evaluate_clients=evaluate)
 
     def on_client_evaluation(self, server_round: int, metrics: dict[int, RecordDict]) -> None:
         """Write each client's test results to ``<out>/metrics/clients/<party>.csv``."""

@@ -95,19 +95,20 @@ _instances: OrderedDict[tuple[str, str], Scheduler] = OrderedDict()
 
 def party_scheduler(
     source: SchedulerSource,
-    env: RunEnvironment,
+    env: RunEnvironment | Callable[[Scheduler], RunEnvironment],
     scope: str,
     prepare: Callable[[Any], None] | None = None,
 ) -> Scheduler:
     """The cached scheduler of one party (``scope`` distinguishes runs and nodes).
 
-    A new instance is bound to ``env`` and passed to ``prepare`` once.
+    A new instance is bound to ``env`` (or to ``env(instance)``) and passed to ``prepare``,
+    once.
     """
     key = (source.key, scope)
     sched = _instances.get(key)
     if sched is None:
         sched = source.new_instance()
-        sched.bind(env)
+        sched.bind(env if isinstance(env, RunEnvironment) else env(sched))
         if prepare is not None:
             prepare(sched)
         _instances[key] = sched

@@ -3,6 +3,7 @@
 from .env import RunEnvironment, get_dataset_dir
 from .errors import AlphaFedError, ConfigError, TaskFailed, UserCodeError
 from .fed_avg import FedAvgScheduler, FedSGDScheduler
+from .hetero_nn import HeteroNNCollaboratorScheduler, HeteroNNHostScheduler
 from .log import logger
 from .metrics import register_metrics
 from .scheduler import DataChecker, Scheduler, TaskComplete
@@ -13,6 +14,8 @@ __all__ = [
     "DataChecker",
     "FedAvgScheduler",
     "FedSGDScheduler",
+    "HeteroNNCollaboratorScheduler",
+    "HeteroNNHostScheduler",
     "RunEnvironment",
     "Scheduler",
     "TaskComplete",

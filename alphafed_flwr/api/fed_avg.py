@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from .errors import ConfigError
 from .log import logger
 from .metrics import register_metrics
-from .scheduler import Scheduler, _check_int, call_user
+from .scheduler import TEST_METHODS, Scheduler, _check_int, call_user
 
 __all__ = ["FedAvgScheduler", "FedSGDScheduler", "register_metrics"]
 
@@ -53,6 +53,7 @@ class FedAvgScheduler(Scheduler):
         "build_train_dataloader",
         "build_test_dataloader",
         "train_an_epoch",
+        TEST_METHODS,
     )
 
     def __init__(

@@ -26,9 +26,8 @@ class FlowerStyleFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         level = record.levelname
         pad = " " * (8 - len(level))
-        if self.colored:
-            level = f"{_COLORS.get(level, '')}{level}{_RESET}"
-        return f"{level} : {pad} {record.getMessage()}" + (
+        color, reset = (_COLORS.get(level, ""), _RESET) if self.colored else ("", "")
+        return f"{color}{level} {reset}: {pad} {record.getMessage()}" + (
             "\n" + self.formatException(record.exc_info) if record.exc_info else ""
         )
 

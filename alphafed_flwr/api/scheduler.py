@@ -63,20 +63,21 @@ class Scheduler:
         Test every ``log_rounds`` rounds (0: only the first and last round).
     """
 
-    REQUIRED_METHODS: ClassVar[tuple[str, ...]] = ()
-    #: At least one of these must be implemented (AlphaFed 0.1.x ``test``, 0.4.x ``run_test``).
-    TEST_METHODS: ClassVar[tuple[str, ...]] = ("test", "run_test")
+    #: Methods users must implement; a tuple lists alternative names (AlphaFed 0.1.x/0.4.x).
+    REQUIRED_METHODS: ClassVar[tuple[str | tuple[str, ...], ...]] = ()
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Scheduler:
-        missing = [m for m in cls.REQUIRED_METHODS if not _implemented(cls, m)]
-        if cls.TEST_METHODS and not any(_implemented(cls, m) for m in cls.TEST_METHODS):
-            missing.append(" or ".join(cls.TEST_METHODS))
+        missing = [
+            " or ".join(names)
+            for names in map(_names, cls.REQUIRED_METHODS)
+            if not any(_implemented(cls, name) for name in names)
+        ]
         if missing:
+            required = ", ".join(" or ".join(_names(m)) for m in cls.REQUIRED_METHODS)
             raise ConfigError(
-                f"{cls.__name__} does not implement {', '.join(missing)}: "
-                f"add {'this method' if len(missing) == 1 else 'these methods'} to the class "
-                f"(a {_api_base(cls)} subclass must implement "
-                f"{', '.join(cls.REQUIRED_METHODS + (cls.TEST_METHODS[0],))})"
+                f"{cls.__name__} does not implement {', '.join(missing)}: add "
+                f"{'this method' if len(missing) == 1 else 'these methods'} to the class "
+                f"(a {_api_base(cls)} subclass implements {required})"
             )
         return super().__new__(cls)
 
@@ -193,12 +194,16 @@ class Scheduler:
         """Set ``current_round``."""
         self._round = server_round
 
-    def call_test(self, *args: Any) -> Any:
-        """Run the user's ``test`` (or ``run_test``) and wrap its errors."""
-        for name in self.TEST_METHODS:
+    def call_first(self, names: tuple[str, ...], *args: Any) -> Any:
+        """Call the first of ``names`` the user implemented (e.g. ``test``/``run_test``)."""
+        for name in names:
             if _implemented(type(self), name):
                 return call_user(self, name, *args)
-        raise ConfigError(f"{type(self).__name__} implements neither test nor run_test")
+        raise ConfigError(f"{type(self).__name__} implements none of {', '.join(names)}")
+
+    def call_test(self, *args: Any) -> Any:
+        """Run the user's ``test`` (or ``run_test``) and wrap its errors."""
+        return self.call_first(TEST_METHODS, *args)
 
     def collect_test(self, *args: Any) -> dict[str, float]:
         """Run the user's test; return the numeric values it recorded or returned.
@@ -234,18 +239,30 @@ class Scheduler:
         return state
 
 
+#: AlphaFed 0.1.x called the test ``test``, 0.4.x ``run_test``; either is accepted.
+TEST_METHODS = ("test", "run_test")
+
 #: Roles whose metrics groups are written as CSV files (clients reply theirs to the server).
 WRITES_METRICS = ("server", "host", "local")
 
 
-def call_user(obj: Any, method: str, *args: Any, **kwargs: Any) -> Any:
-    """Call ``obj.method(*args, **kwargs)``; user exceptions become ``UserCodeError``."""
+def guarded(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call user code ``fn``; its exceptions become ``UserCodeError`` naming ``what``."""
     try:
-        return getattr(obj, method)(*args, **kwargs)
-    except (ConfigError, UserCodeError, TaskComplete):
+        return fn(*args, **kwargs)
+    except (ConfigError, UserCodeError, TaskComplete, StopIteration):
         raise
     except Exception as exc:  # noqa: BLE001 - re-raised with the user's location
-        raise UserCodeError(f"{type(obj).__name__}.{method}", exc) from exc
+        raise UserCodeError(what, exc) from exc
+
+
+def call_user(obj: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+    """Call ``obj.method(*args, **kwargs)``; user exceptions become ``UserCodeError``."""
+    return guarded(f"{type(obj).__name__}.{method}", getattr(obj, method), *args, **kwargs)
+
+
+def _names(entry: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (entry,) if isinstance(entry, str) else entry
 
 
 def _implemented(cls: type, method: str) -> bool:

@@ -60,8 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fresh client optimizer state every round")
     parser.add_argument("--unweighted", action="store_true",
                         help="unweighted mean of client updates (AlphaFed's original rule)")
-    parser.add_argument("--no-client-eval", action="store_true",
-                        help="skip the clients' tests of the global model")
+    parser.add_argument("--client-eval", default="last", choices=("last", "test-rounds", "off"),
+                        help="when clients test the global model on their own data "
+                             "(default: the last round)")
     parser.add_argument("--fresh", action="store_true",
                         help="start over even if --out holds the checkpoint of an unfinished run")
     parser.add_argument("--cpus-per-client", type=float, default=1.0,
@@ -82,7 +83,7 @@ def options_from(args: argparse.Namespace) -> SimulationOptions:
         data_dir=None if args.data_dir is None else Path(args.data_dir),
         reset_optimizer=args.reset_optimizer,
         weighted=not args.unweighted,
-        client_eval=not args.no_client_eval,
+        client_eval=args.client_eval,
         fresh=args.fresh,
         cpus_per_client=args.cpus_per_client,
         task_id=args.task_id,

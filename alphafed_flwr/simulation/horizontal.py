@@ -47,8 +47,9 @@ class SimulationOptions:
         Fresh optimizer state on clients every round.
     weighted : bool
         Mean weighted by sample count.
-    client_eval : bool
-        Clients test the global model on their data on test rounds.
+    client_eval : str
+        When clients test the global model on their own data: ``last``, ``test-rounds``
+        or ``off``.
     fresh : bool
         Ignore a checkpoint in ``out`` instead of resuming from it.
     cpus_per_client : float
@@ -69,7 +70,7 @@ class SimulationOptions:
     data_dir: Path | None = None
     reset_optimizer: bool = False
     weighted: bool = True
-    client_eval: bool = True
+    client_eval: str = "last"
     fresh: bool = False
     cpus_per_client: float = 1.0
     task_id: str | None = None

@@ -1,0 +1,321 @@
+"""ClientApp of a vertical-task collaborator (``query.hello``, ``query.psi``, ``train.exchange``).
+
+Every message may run in a fresh process (deployment) or in any Ray actor (simulation), so
+the collaborator's feature model, optimizer state, ID intersection, PSI state and round
+live in the node's ``context.state`` as records, and the round's recorded inputs in a local
+cache file (see ``feature_replay``). Each completed round is also checkpointed locally, so a
+restarted task can resume.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
+from flwr.clientapp import ClientApp
+
+from alphafed_flwr.api.env import RunEnvironment, set_environment
+from alphafed_flwr.api.errors import ConfigError
+from alphafed_flwr.api.hetero_nn import HeteroNNCollaboratorScheduler
+from alphafed_flwr.api.scheduler import guarded
+from alphafed_flwr.psi import PsiParty, canonical_ids, collaborator_step
+from alphafed_flwr.strategies.payload import decode, encode
+
+from .feature_replay import (
+    InputStore,
+    RecordedRound,
+    RecordingModel,
+    batch_seed,
+    ids_digest,
+    record_batches,
+    replay_backward,
+    replay_features,
+)
+from .outputs import save_state_dict, write_json
+from .records import arrays_to_state, restore_optimizer, save_optimizer, state_to_arrays
+from .templates import SchedulerSource, party_scheduler, stable_seed
+from .vertical_common import (
+    RoundCheckpoints,
+    check_split,
+    ids_set_digest,
+    load_module_arrays,
+    load_optimizer_arrays,
+    module_arrays,
+    optimizer_arrays,
+    read_json,
+    split_digest,
+)
+
+STATE = "vertical"
+MODEL = "feature.model"
+OPT_PREFIX = "feature."
+PSI_ARRAYS, PSI_KEYS = "psi.arrays", "psi.keys"
+
+
+@dataclass(frozen=True)
+class CollaboratorSettings:
+    """What a collaborator needs besides its messages.
+
+    Parameters
+    ----------
+    task_id : str
+        The task id.
+    out_dir : str
+        Base output folder; this party writes to ``<out_dir>/collaborators/<feature_key>``
+        (checkpoints, cache of recorded inputs, feature model, TensorBoard).
+    data_dir : str | None
+        This party's data folder (``get_dataset_dir``).
+    seed : int | None
+        Seed of the feature model's initialisation.
+    """
+
+    task_id: str = "local-task"
+    out_dir: str = "alphafed-out"
+    data_dir: str | None = None
+    seed: int | None = None
+
+
+class VerticalCollaborator:
+    """Handles one message for one collaborator node."""
+
+    def __init__(self, source: SchedulerSource, settings: CollaboratorSettings, context: Context) -> None:
+        self.settings = settings
+        self.context = context
+        sched = party_scheduler(source, self._environment, f"{context.run_id}:{context.node_id}")
+        if not isinstance(sched, HeteroNNCollaboratorScheduler):
+            raise ConfigError(f"{type(sched).__name__} is not a HeteroNNCollaboratorScheduler")
+        self.sched = sched
+        self.key = sched.feature_key
+        self.folder = Path(settings.out_dir) / "collaborators" / self.key
+        assert sched.environment is not None
+        set_environment(sched.environment)
+        self.checkpoints = RoundCheckpoints(self.folder / "checkpoint")
+        self.store = InputStore(self.folder / "cache")
+        self.state = context.state
+        if STATE not in self.state.config_records:
+            self.state[STATE] = ConfigRecord()
+        self.config = self.state.config_records[STATE]
+
+    def _environment(self, sched: Any) -> RunEnvironment:
+        settings = self.settings
+        return RunEnvironment(
+            "collaborator",
+            str(sched.feature_key),
+            Path(settings.out_dir),
+            None if settings.data_dir is None else Path(settings.data_dir),
+            settings.task_id,
+        )
+
+    @property
+    def salt(self) -> bytes:
+        """The run's digest salt (from the host's hello)."""
+        return bytes(self.config.get("salt", b""))  # type: ignore[arg-type]
+
+    def _name(self, method: str) -> str:
+        return f"{type(self.sched).__name__}.{method} ('{self.key}')"
+
+    # ----- messages ----------------------------------------------------------------------
+    def hello(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Introduce this party; say which rounds it could resume from."""
+        self.config["salt"] = bytes(payload["salt"])
+        saved = read_json(self.folder / "psi.json")
+        return {
+            "role": "collaborator",
+            "feature-key": self.key,
+            "checkpoint-rounds": self.checkpoints.rounds(),
+            "intersection-digest": ids_set_digest(self.salt, saved["intersection"]) if saved else "",
+        }
+
+    def psi(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """One step of the private set intersection (see ``alphafed_flwr.psi``)."""
+        local = self.sched.local_ids()
+        if payload.get("start"):
+            party = PsiParty.create(local)
+        else:
+            party = PsiParty.from_state(local, self._psi_state())
+        request = {
+            "start": payload.get("start", False),
+            "blind": payload.get("blind", {}),
+            "unshuffle": payload.get("unshuffle", {}),
+            "resolve": payload.get("resolve"),
+        }
+        reply, mine = collaborator_step(party, request)
+        self._save_psi_state(party)
+        if mine is not None:
+            self._set_intersection(mine, local)
+            train_ids, test_ids = check_split(self.key, self.sched.train_ids, self.sched.test_ids)
+            reply.update(
+                {
+                    "split-digest": split_digest(self.salt, train_ids, test_ids),
+                    "train-size": len(train_ids),
+                    "test-size": len(test_ids),
+                }
+            )
+            self.config["intersection"] = list(mine)
+            write_json(self.folder / "psi.json", {"intersection": list(mine)})
+        return reply
+
+    def exchange(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Apply gradients, send features, finish the round, send test features."""
+        sched = self.sched
+        server_round = int(payload["round"])
+        sched.set_round(server_round)
+        if "restore" in payload:
+            self._restore(int(payload["restore"]))
+        self._load_model()
+        self._ensure_intersection()
+        reply: dict[str, Any] = {}
+        recorded: RecordedRound | None = None
+        if payload.get("begin"):
+            recorded = self._record(server_round)
+            reply["batches"] = recorded.num_batches
+        apply = list(payload.get("apply") or [])
+        send = list(payload.get("send") or [])
+        if apply or send:
+            recorded = recorded or self.store.get(self.key, server_round) or self._record(server_round)
+        model, optimizer = sched.feature_model, sched.feature_optimizer
+        model.train()
+        if apply and sched.is_feature_trainable:
+            grads = payload.get("grads") or []
+            if len(grads) != len(apply):
+                raise ConfigError(f"{len(grads)} gradients for batches {apply}")
+            for index, grad in zip(apply, grads, strict=True):
+                optimizer.zero_grad(set_to_none=True)
+                replay_backward(model, recorded.batch(index), grad, self._seed(server_round, index))
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        if send:
+            assert recorded is not None
+            reply["features"] = [
+                replay_features(model, recorded.batch(i), self._seed(server_round, i)) for i in send
+            ]
+            reply["digests"] = [recorded.digests[i] if i < len(recorded.digests) else "" for i in send]
+        self._save_model()
+        if payload.get("finish"):
+            self._finish_round(server_round)
+        if payload.get("test"):
+            reply.update(self._test_features())
+        sched.flush_outputs()
+        return reply
+
+    # ----- helpers -------------------------------------------------------------------------
+    def _seed(self, server_round: int, index: int) -> int:
+        return batch_seed(self.settings.task_id, self.key, server_round, index)
+
+    def _record(self, server_round: int) -> RecordedRound:
+        sched = self.sched
+        recorder = RecordingModel(sched.feature_model)
+        generator = guarded(self._name("iterate_train_feature"), sched.iterate_train_feature, recorder, sched.train_ids)
+        ids = guarded(self._name("iterate_train_feature"), record_batches, generator, recorder, self.key)
+        digests = [ids_digest(self.salt, batch) if batch is not None else "" for batch in ids]
+        return self.store.put(self.key, server_round, recorder.inputs, digests)
+
+    def _test_features(self) -> dict[str, Any]:
+        sched = self.sched
+        model = sched.feature_model
+        model.eval()
+        try:
+            with torch.no_grad():
+                generator = guarded(self._name("iterate_test_feature"), sched.iterate_test_feature, model, sched.test_ids)
+                items = guarded(self._name("iterate_test_feature"), list, generator)
+        finally:
+            model.train()
+        features, digests = [], []
+        for item in items:
+            feats, ids = (item[0], item[1]) if isinstance(item, tuple) else (item, None)
+            if not isinstance(feats, torch.Tensor):
+                raise ConfigError(f"{self._name('iterate_test_feature')} must yield feature tensors")
+            features.append(feats.detach().cpu().numpy())
+            digests.append(ids_digest(self.salt, [str(i) for i in ids]) if ids is not None else "")
+        return {"test-features": features, "test-digests": digests}
+
+    def _load_model(self) -> None:
+        sched = self.sched
+        record = self.state.array_records.get(MODEL)
+        if record is None:
+            if self.settings.seed is not None:
+                torch.manual_seed(stable_seed(self.settings.seed, self.key))
+            sched.reset_feature_model()
+        else:
+            sched.feature_model.load_state_dict(arrays_to_state(record))
+        sched.reset_feature_optimizer()
+        restore_optimizer(self.state, sched.feature_optimizer, OPT_PREFIX)
+
+    def _save_model(self) -> None:
+        self.state[MODEL] = state_to_arrays(self.sched.feature_model.state_dict())
+        save_optimizer(self.state, self.sched.feature_optimizer, OPT_PREFIX)
+
+    def _finish_round(self, server_round: int) -> None:
+        sched = self.sched
+        arrays = module_arrays("feature", sched.feature_model)
+        opt_arrays, opt_meta = optimizer_arrays("feature-opt", sched.feature_optimizer)
+        self.checkpoints.save(server_round, {**arrays, **opt_arrays}, {"round": server_round, **opt_meta})
+        save_state_dict(self.folder / "feature_model.pt", sched.feature_model.state_dict())
+
+    def _restore(self, server_round: int) -> None:
+        arrays, meta = self.checkpoints.load(server_round)
+        sched = self.sched
+        load_module_arrays("feature", sched.feature_model, arrays)
+        load_optimizer_arrays("feature-opt", sched.feature_optimizer, arrays, meta)
+        saved = read_json(self.folder / "psi.json")
+        if saved is None:
+            raise ConfigError(f"'{self.key}' has no saved intersection to resume from")
+        self.config["intersection"] = list(saved["intersection"])
+        self._save_model()
+
+    def _ensure_intersection(self) -> None:
+        if self.sched._intersection is None:  # pylint: disable=protected-access
+            saved = self.config.get("intersection")
+            if saved is None:
+                raise ConfigError(f"'{self.key}': training started before the private set intersection")
+            self._set_intersection(list(saved), self.sched.local_ids())  # type: ignore[arg-type]
+
+    def _set_intersection(self, ids: list[str], local: list[Any]) -> None:
+        originals = canonical_ids(local)
+        self.sched.set_intersection(originals[i] for i in ids)
+
+    def _psi_state(self) -> dict[str, Any]:
+        arrays = self.state.array_records.get(PSI_ARRAYS, ArrayRecord())
+        keys = self.state.config_records.get(PSI_KEYS, ConfigRecord())
+        return {**{k: v.numpy() for k, v in arrays.items()}, **{k: bytes(v) for k, v in keys.items()}}  # type: ignore[arg-type]
+
+    def _save_psi_state(self, party: PsiParty) -> None:
+        state = party.to_state()
+        self.state[PSI_ARRAYS] = ArrayRecord(
+            {k: Array(np.ascontiguousarray(v)) for k, v in state.items() if isinstance(v, np.ndarray)}
+        )
+        self.state[PSI_KEYS] = ConfigRecord({k: v for k, v in state.items() if isinstance(v, bytes)})
+
+
+def collaborator_client_app(
+    source_fn: Callable[[Context], SchedulerSource],
+    settings_fn: Callable[[Context], CollaboratorSettings],
+) -> ClientApp:
+    """A ClientApp running a ``HeteroNNCollaboratorScheduler``.
+
+    Parameters
+    ----------
+    source_fn : Callable[[Context], SchedulerSource]
+        Where the node's scheduler comes from.
+    settings_fn : Callable[[Context], CollaboratorSettings]
+        The node's settings.
+    """
+    app = ClientApp()
+
+    def handle(method: str) -> Callable[[Message, Context], Message]:
+        def handler(message: Message, context: Context) -> Message:
+            party = VerticalCollaborator(source_fn(context), settings_fn(context), context)
+            reply = getattr(party, method)(decode(message.content))
+            return Message(encode(reply), reply_to=message)
+
+        return handler
+
+    app.query("hello")(handle("hello"))
+    app.query("psi")(handle("psi"))
+    app.train("exchange")(handle("exchange"))
+    return app

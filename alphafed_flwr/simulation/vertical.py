@@ -1,0 +1,93 @@
+"""Vertical (HeteroNN split-learning) simulation: the host in the ServerApp, one virtual
+node per collaborator script."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from alphafed_flwr.adapters.templates import PickledTemplate
+from alphafed_flwr.adapters.vertical_client import CollaboratorSettings, collaborator_client_app
+from alphafed_flwr.adapters.vertical_host import VerticalHost, VerticalSettings, run_vertical_host
+from alphafed_flwr.api.errors import ConfigError
+from alphafed_flwr.api.hetero_nn import HeteroNNCollaboratorScheduler, HeteroNNHostScheduler
+from alphafed_flwr.api.log import logger
+from alphafed_flwr.loader import load_object
+from alphafed_flwr.strategies.split_learning import SplitLearning
+
+from .engine import run_ray_simulation
+from .horizontal import SimulationOptions
+
+
+def simulate_vertical(
+    host_ref: str | None, collaborator_refs: list[str], options: SimulationOptions
+) -> dict[str, Any]:
+    """Run a host script and one virtual node per collaborator script.
+
+    Returns the content of ``summary.json``.
+    """
+    if not host_ref:
+        raise ConfigError("a vertical simulation needs --host host.py[:name]")
+    if not collaborator_refs:
+        raise ConfigError("a vertical simulation needs at least one --collaborator collab.py[:name]")
+    loaded_host = load_object(host_ref, HeteroNNHostScheduler)
+    host: HeteroNNHostScheduler = loaded_host.obj
+    collaborators: list[HeteroNNCollaboratorScheduler] = [
+        load_object(ref, HeteroNNCollaboratorScheduler).obj for ref in collaborator_refs
+    ]
+    keys = [host.feature_key] + [c.feature_key for c in collaborators]
+    if len(set(keys)) != len(keys):
+        raise ConfigError(f"feature_key values must be unique across parties, got {keys}")
+    out = Path(options.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    task_id = options.task_id or loaded_host.task_id or host.task_id
+    data_dir = None if options.data_dir is None else Path(options.data_dir).resolve()
+    templates = [PickledTemplate(c) for c in collaborators]
+    host_template = PickledTemplate(host)
+    settings = VerticalSettings(
+        out_dir=out,
+        task_id=task_id,
+        num_collaborators=len(collaborators),
+        rounds=options.rounds,
+        data_dir=data_dir,
+        seed=options.seed,
+        resume=not options.fresh,
+        batches_per_exchange=options.batches_per_exchange,
+        record={"mode": "simulation", "host": host_ref, "collaborators": collaborator_refs, **options.record()},
+    )
+    client_settings = CollaboratorSettings(
+        task_id=task_id,
+        out_dir=str(out),
+        data_dir=None if data_dir is None else str(data_dir),
+        seed=options.seed,
+    )
+    summary: dict[str, Any] = {}
+    server_app = ServerApp()
+
+    @server_app.main()
+    def _main(grid: Grid, context: Context) -> None:
+        del context
+        vertical_host = VerticalHost(host_template.new_instance(), settings)  # type: ignore[arg-type]
+        strategy = SplitLearning(
+            num_collaborators=len(collaborators),
+            schedule_timeout=float(host.schedule_timeout),
+            calculation_timeout=float(host.calculation_timeout),
+            batches_per_exchange=options.batches_per_exchange,
+        )
+        summary.update(run_vertical_host(grid, vertical_host, strategy))
+
+    client_app = collaborator_client_app(
+        lambda context: templates[int(context.node_config["partition-id"])],
+        lambda _: client_settings,
+    )
+    logger.info(
+        "Simulating a vertical task: host '%s' and %s, outputs in %s",
+        host.feature_key,
+        ", ".join(f"'{c.feature_key}'" for c in collaborators),
+        out,
+    )
+    run_ray_simulation(server_app, client_app, len(collaborators), options.cpus_per_client)
+    return summary

@@ -1,0 +1,60 @@
+"""The collaborator of the vertical MNIST task: the right half of every image, no labels."""
+
+from __future__ import annotations
+
+import torch
+from split_mnist import TEST_ID_OFFSET, HalfConvNet, batches, load, round_order, split_ids
+from torch import nn, optim
+
+from alphafed.hetero_nn import HeteroNNCollaboratorScheduler
+
+
+class MnistCollaborator(HeteroNNCollaboratorScheduler):
+    """Right half of each image."""
+
+    def __init__(
+        self,
+        feature_key: str = "collaborator",
+        batch_size: int = 128,
+        first_train_id: int = 0,
+        num_train: int | None = None,
+        num_test: int | None = None,
+        schedule_timeout: int = 60,
+    ) -> None:
+        super().__init__(feature_key=feature_key, schedule_timeout=schedule_timeout)
+        self.batch_size = batch_size
+        self.first_train_id = first_train_id
+        self.num_train = num_train
+        self.num_test = num_test
+
+    def load_local_ids(self) -> list[str]:
+        train, _ = load(self.task_id, train=True)
+        test, _ = load(self.task_id, train=False)
+        stop = min(self.first_train_id + (self.num_train or len(train)), len(train))
+        num_test = min(self.num_test or len(test), len(test))
+        return [str(i) for i in range(self.first_train_id, stop)] + [
+            str(TEST_ID_OFFSET + i) for i in range(num_test)
+        ]
+
+    def split_dataset(self, id_intersection: set) -> tuple[set, set]:
+        return split_ids(id_intersection)
+
+    def build_feature_model(self) -> nn.Module:
+        return HalfConvNet()
+
+    def build_feature_optimizer(self, feature_model: nn.Module) -> optim.Optimizer:
+        return optim.Adam(feature_model.parameters(), lr=1e-3)
+
+    def iterate_train_feature(self, feature_model: nn.Module, train_ids: set):
+        images, _ = load(self.task_id, train=True)
+        for ids in batches(round_order(train_ids, self.current_round), self.batch_size):
+            yield feature_model(images[torch.tensor(ids), :, :, 14:]), ids
+
+    def iterate_test_feature(self, feature_model: nn.Module, test_ids: set):
+        images, _ = load(self.task_id, train=False)
+        for ids in batches(sorted(test_ids), 1000):
+            yield feature_model(images[torch.tensor(ids) - TEST_ID_OFFSET, :, :, 14:]), ids
+
+
+scheduler = MnistCollaborator()
+scheduler.launch_task(task_id="vertical-mnist")

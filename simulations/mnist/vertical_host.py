@@ -1,0 +1,120 @@
+"""The host of the vertical MNIST task: the labels and the left half of every image.
+
+Simulation (from the repository root; add ``--data-dir ../shared/data`` for the full test set):
+
+    python -m alphafed_flwr.simulation --host simulations/mnist/vertical_host.py \\
+        --collaborator simulations/mnist/vertical_collaborator.py --rounds 20 --out runs/vertical
+
+Batches yield their sample IDs as a third element, so that every batch is checked to hold
+the same samples, in the same order, on both parties (an alphafed-flwr extension).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from split_mnist import (
+    TEST_ID_OFFSET,
+    HalfConvNet,
+    InferModel,
+    batches,
+    load,
+    round_order,
+    split_ids,
+)
+from torch import nn, optim
+
+from alphafed import logger
+from alphafed.fed_avg import register_metrics
+from alphafed.hetero_nn import HeteroNNHostScheduler
+
+
+class MnistHost(HeteroNNHostScheduler):
+    """Left half of each image plus the labels."""
+
+    def __init__(
+        self,
+        feature_key: str = "host",
+        collaborator_key: str = "collaborator",
+        batch_size: int = 128,
+        num_train: int | None = None,
+        num_test: int | None = None,
+        max_rounds: int = 20,
+        log_rounds: int = 5,
+        calculation_timeout: int = 300,
+        schedule_timeout: int = 60,
+    ) -> None:
+        super().__init__(
+            feature_key=feature_key,
+            max_rounds=max_rounds,
+            log_rounds=log_rounds,
+            calculation_timeout=calculation_timeout,
+            schedule_timeout=schedule_timeout,
+        )
+        self.collaborator_key = collaborator_key
+        self.batch_size = batch_size
+        self.num_train = num_train
+        self.num_test = num_test
+
+    def load_local_ids(self) -> list[str]:
+        train, _ = load(self.task_id, train=True)
+        test, _ = load(self.task_id, train=False)
+        num_train = min(self.num_train or len(train), len(train))
+        num_test = min(self.num_test or len(test), len(test))
+        return [str(i) for i in range(num_train)] + [
+            str(TEST_ID_OFFSET + i) for i in range(num_test)
+        ]
+
+    def split_dataset(self, id_intersection: set) -> tuple[set, set]:
+        return split_ids(id_intersection)
+
+    def build_feature_model(self) -> nn.Module:
+        return HalfConvNet()
+
+    def build_feature_optimizer(self, feature_model: nn.Module) -> optim.Optimizer:
+        return optim.Adam(feature_model.parameters(), lr=1e-3)
+
+    def build_infer_model(self) -> nn.Module:
+        return InferModel()
+
+    def build_infer_optimizer(self, infer_model: nn.Module) -> optim.Optimizer:
+        return optim.Adam(infer_model.parameters(), lr=1e-3)
+
+    def iterate_train_feature(self, feature_model: nn.Module, train_ids: set):
+        images, labels = load(self.task_id, train=True)
+        for ids in batches(round_order(train_ids, self.current_round), self.batch_size):
+            index = torch.tensor(ids)
+            yield feature_model(images[index, :, :, :14]), labels[index], ids
+
+    def iterate_test_feature(self, feature_model: nn.Module, test_ids: set):
+        images, labels = load(self.task_id, train=False)
+        for ids in batches(sorted(test_ids), 1000):
+            index = torch.tensor(ids) - TEST_ID_OFFSET
+            yield feature_model(images[index, :, :, :14]), labels[index], ids
+
+    def train_a_batch(self, feature_projection: dict, labels: torch.Tensor) -> None:
+        fused = torch.cat(
+            (feature_projection[self.feature_key], feature_projection[self.collaborator_key]), dim=1
+        )
+        self.optimizer.zero_grad()
+        loss = F.nll_loss(self.infer_model(fused), labels)
+        loss.backward()
+        self.optimizer.step()
+
+    @register_metrics(name="test_results", keys=["loss", "accuracy"])
+    def test(self, batched_feature_projections: list, batched_labels: list) -> None:
+        loss, correct, total = 0.0, 0, 0
+        for projection, labels in zip(batched_feature_projections, batched_labels, strict=True):
+            fused = torch.cat((projection[self.feature_key], projection[self.collaborator_key]), dim=1)
+            out = self.infer_model(fused)
+            loss += F.nll_loss(out, labels, reduction="sum").item()
+            correct += (out.argmax(dim=1) == labels).sum().item()
+            total += len(labels)
+        loss, accuracy = loss / total, correct / total
+        logger.info(f"Round {self.current_round} test: loss {loss:.4f}, accuracy {accuracy:.2%}")
+        self.tb_writer.add_scalar("test_results/accuracy", accuracy, self.current_round)
+        self.get_metrics("test_results").append_metrics_item({"loss": loss, "accuracy": accuracy})
+
+
+scheduler = MnistHost()
+scheduler.launch_task(task_id="vertical-mnist")

@@ -1,0 +1,355 @@
+"""Split learning (vertical FL) between a label-holding host in the ServerApp and
+feature-holding collaborator nodes.
+
+Per training round and collaborator, the strategy needs one message exchange per
+``batches_per_exchange`` (K) batches: the gradients of batches i..i+K-1 travel with the
+request for the features of batches i+K..i+2K-1. Testing gathers every test batch's
+features in one exchange (merged into the round's last exchange). Batch counts, sizes and,
+when parties yield sample IDs, sample order are checked for every batch; a mismatch stops
+the run with an error naming the party and the batch.
+
+The strategy speaks Flower records only. It reaches the host's user code through the
+``SplitLearningHost`` callbacks that the adapter supplies, and the collaborators through
+three message types (``query.hello``, ``query.psi``, ``train.exchange``) whose payloads are
+plain arrays and scalars (``payload.encode``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from logging import INFO
+from typing import Any, Protocol
+
+import numpy as np
+from flwr.app import Message
+from flwr.serverapp import Grid
+from flwr.supercore import log
+
+from .errors import ExchangeTimeout, StrategyError
+from .exchange import DEFAULT_POLL_INTERVAL, exchange, wait_for_nodes
+from .payload import decode, encode
+
+HELLO = "query.hello"
+PSI = "query.psi"
+EXCHANGE = "train.exchange"
+
+PayloadExchange = Callable[[dict[str, dict[str, Any]]], dict[str, dict[str, Any]]]
+
+
+class BatchMismatch(StrategyError):
+    """Parties' batches do not line up (count, size or samples)."""
+
+
+@dataclass(frozen=True)
+class HostBatch:
+    """The host's view of one batch: its size and (if IDs were yielded) the IDs' digest."""
+
+    size: int
+    digest: str = ""
+
+
+class SplitLearningHost(Protocol):
+    """Callbacks through which the strategy reaches the host (implemented by the adapter)."""
+
+    feature_key: str
+
+    def hello(self) -> dict[str, Any]:
+        """Payload of the hello message (for example, the salt of batch digests)."""
+
+    def prepare(self, collaborators: dict[str, dict[str, Any]], exchange: PayloadExchange) -> int:
+        """Agree on the samples (PSI, split) or resume; return the first round to run.
+
+        ``collaborators`` maps each feature key to its hello reply; ``exchange`` sends
+        ``query.psi`` payloads to collaborators by feature key.
+        """
+
+    def begin_round(self, server_round: int) -> dict[str, Any]:
+        """Start a round's training; extra payload for the round's first request."""
+
+    def next_batch(self) -> HostBatch | None:
+        """Advance the host's own training batches (``None`` when exhausted)."""
+
+    def train_batch(self, features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Train the current batch on all features; return each collaborator's gradient."""
+
+    def is_test_round(self, server_round: int) -> bool:
+        """Whether the round is tested on schedule."""
+
+    def test_batches(self) -> list[HostBatch]:
+        """Run the host's test generator; describe its batches."""
+
+    def test(self, features: dict[str, list[np.ndarray]]) -> dict[str, float]:
+        """Test on the host's and the collaborators' test features."""
+
+    def is_finished(self, server_round: int) -> bool:
+        """Whether the task ends after this round."""
+
+    def end_round(self, server_round: int, test: dict[str, float], seconds: float) -> None:
+        """Record the round (checkpoint, summary, progress line)."""
+
+
+class SplitLearning:
+    """Split-learning strategy on Flower's Message API.
+
+    Parameters
+    ----------
+    num_collaborators : int
+        Collaborator nodes expected.
+    schedule_timeout : float (default: 30)
+        Seconds to wait for collaborators to connect and to answer control messages.
+    calculation_timeout : float (default: 300)
+        Seconds a collaborator may take to answer one exchange.
+    batches_per_exchange : int (default: 1)
+        K: batches whose features (and then gradients) travel in one exchange. K=1 is
+        AlphaFed's exact semantics; K>1 trains K batches on features computed with the same
+        collaborator parameters (FedBCD-style), with K times fewer messages.
+    poll_interval : float (default: 0.005)
+        Seconds between pulls while waiting for replies.
+    progress_every : float (default: 10)
+        Seconds between progress lines (round r, batch i/M).
+    """
+
+    # pylint: disable=too-many-arguments
+    def __init__(
+        self,
+        num_collaborators: int,
+        schedule_timeout: float = 30.0,
+        calculation_timeout: float = 300.0,
+        batches_per_exchange: int = 1,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        progress_every: float = 10.0,
+    ) -> None:
+        if num_collaborators < 1:
+            raise ValueError("split learning needs at least one collaborator")
+        if batches_per_exchange < 1:
+            raise ValueError(f"batches_per_exchange must be >= 1, got {batches_per_exchange}")
+        self.num_collaborators = num_collaborators
+        self.schedule_timeout = schedule_timeout
+        self.calculation_timeout = calculation_timeout
+        self.batches_per_exchange = batches_per_exchange
+        self.poll_interval = poll_interval
+        self.progress_every = progress_every
+        self.nodes: dict[str, int] = {}
+        self.exchanges = 0
+
+    def summary(self) -> None:
+        """Log the configuration."""
+        log(
+            INFO,
+            "\t├──> %d collaborator(s) | %d batch(es) per exchange | schedule_timeout %gs | "
+            "calculation_timeout %gs",
+            self.num_collaborators,
+            self.batches_per_exchange,
+            self.schedule_timeout,
+            self.calculation_timeout,
+        )
+
+    # ----- messaging ---------------------------------------------------------------------
+    def send(
+        self,
+        grid: Grid,
+        message_type: str,
+        payloads: Mapping[str, Mapping[str, Any]],
+        what: str,
+        timeout: float | None = None,
+    ) -> dict[str, dict[str, Any]]:
+        """One exchange: a payload per collaborator (by feature key) in, their replies out.
+
+        Raises ``ExchangeTimeout`` naming the silent parties and ``StrategyError`` with a
+        collaborator's own error.
+        """
+        timeout = self.calculation_timeout if timeout is None else timeout
+        messages = [
+            Message(encode(payload), self.nodes[key], message_type, ttl=timeout + self.schedule_timeout)
+            for key, payload in payloads.items()
+        ]
+        res = exchange(grid, messages, timeout, self.poll_interval)
+        self.exchanges += 1
+        by_node = {node: key for key, node in self.nodes.items()}
+        if res.missing:
+            silent = ", ".join(f"'{by_node[n]}' (node {n})" for n in res.missing)
+            raise ExchangeTimeout(
+                f"no answer from collaborator {silent} within {timeout:g}s during {what}: "
+                "the party disappeared or is too slow (calculation_timeout)"
+            )
+        out: dict[str, dict[str, Any]] = {}
+        for node, reply in res.replies.items():
+            key = by_node[node]
+            if reply.has_error():
+                raise StrategyError(f"collaborator '{key}' failed during {what}: {reply.error.reason}")
+            out[key] = decode(reply.content)
+        return out
+
+    def connect(self, grid: Grid, host: SplitLearningHost) -> dict[str, dict[str, Any]]:
+        """Wait for the collaborators and learn their feature keys."""
+        nodes = wait_for_nodes(grid, self.num_collaborators, self.schedule_timeout, "collaborators")
+        self.nodes = {f"node-{n}": n for n in nodes}
+        hello = self.send(grid, HELLO, {k: host.hello() for k in self.nodes}, "the hello", self.schedule_timeout)
+        keys: dict[str, int] = {}
+        info: dict[str, dict[str, Any]] = {}
+        for temp_key, reply in hello.items():
+            key = str(reply.get("feature-key", ""))
+            if reply.get("role") != "collaborator":
+                raise StrategyError(f"node {self.nodes[temp_key]} is not a collaborator (role {reply.get('role')!r})")
+            if key == host.feature_key or key in keys:
+                raise StrategyError(f"feature_key '{key}' is used by more than one party; keys must be unique")
+            keys[key] = self.nodes[temp_key]
+            info[key] = reply
+        if len(keys) != self.num_collaborators:
+            raise StrategyError(
+                f"{len(keys)} collaborators answered, {self.num_collaborators} expected"
+            )
+        self.nodes = dict(sorted(keys.items()))
+        log(INFO, "Collaborators: %s", ", ".join(f"'{k}' (node {n})" for k, n in self.nodes.items()))
+        return info
+
+    # ----- the run -----------------------------------------------------------------------
+    def start(self, grid: Grid, host: SplitLearningHost, num_rounds: int) -> int:
+        """Run the task; return the last round run."""
+        log(INFO, "Starting %s strategy:", type(self).__name__)
+        self.summary()
+        info = self.connect(grid, host)
+
+        def psi_exchange(payloads: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+            return self.send(grid, PSI, payloads, "the private set intersection")
+
+        first_round = host.prepare(info, psi_exchange)
+        last = first_round - 1
+        for server_round in range(first_round, num_rounds + 1):
+            log(INFO, "")
+            log(INFO, "[ROUND %s/%s]", server_round, num_rounds)
+            start = time.monotonic()
+            test = self.run_round(grid, host, server_round)
+            finished = server_round >= num_rounds or host.is_finished(server_round)
+            if finished and not test:
+                test = self.run_test(grid, host, server_round, {})
+            host.end_round(server_round, test, time.monotonic() - start)
+            last = server_round
+            if finished:
+                break
+        return last
+
+    def run_round(self, grid: Grid, host: SplitLearningHost, server_round: int) -> dict[str, float]:
+        """Train one round; test it if scheduled. Returns the test metrics (or ``{}``)."""
+        k = self.batches_per_exchange
+        extra = host.begin_round(server_round)
+        test_now = host.is_test_round(server_round)
+        replies = self.send(
+            grid,
+            EXCHANGE,
+            {key: {"round": server_round, "begin": True, "send": list(range(k)), **extra} for key in self.nodes},
+            f"round {server_round}, batches 1..{k}",
+        )
+        total = self._batch_count(replies)
+        log(INFO, "Round %d: %d training batches per party, %d per exchange", server_round, total, k)
+        first, last_log = 0, time.monotonic()
+        while True:
+            batches = list(range(first, min(first + k, total)))
+            grads: dict[str, list[np.ndarray]] = {key: [] for key in self.nodes}
+            for offset, index in enumerate(batches):
+                features = self._batch_features(host, replies, index, offset)
+                for key, grad in host.train_batch(features).items():
+                    grads[key].append(np.asarray(grad, dtype=np.float32))
+                if time.monotonic() - last_log >= self.progress_every:
+                    log(INFO, "Round %d: batch %d/%d", server_round, index + 1, total)
+                    last_log = time.monotonic()
+            first += k
+            finish = first >= total
+            payload = {
+                "round": server_round,
+                "apply": batches,
+                "grads": None,
+                "send": [] if finish else list(range(first, min(first + k, total))),
+                "finish": finish,
+                "test": finish and test_now,
+            }
+            what = (
+                f"round {server_round}, the last gradients{' and the test' if test_now else ''}"
+                if finish
+                else f"round {server_round}, batches {first + 1}..{min(first + k, total)}"
+            )
+            replies = self.send(grid, EXCHANGE, {key: {**payload, "grads": grads[key]} for key in self.nodes}, what)
+            if finish:
+                break
+        if host.next_batch() is not None:
+            raise BatchMismatch(
+                f"round {server_round}: the host yields more than the {total} training batches "
+                f"of its collaborators ({', '.join(self.nodes)})"
+            )
+        log(INFO, "Round %d: batch %d/%d", server_round, total, total)
+        return self._test_from(host, replies, server_round) if test_now else {}
+
+    def run_test(
+        self, grid: Grid, host: SplitLearningHost, server_round: int, extra: dict[str, Any]
+    ) -> dict[str, float]:
+        """A test outside the training exchanges (one exchange)."""
+        replies = self.send(
+            grid,
+            EXCHANGE,
+            {key: {"round": server_round, "test": True, **extra} for key in self.nodes},
+            f"round {server_round}, the test",
+        )
+        return self._test_from(host, replies, server_round)
+
+    # ----- checks ---------------------------------------------------------------------------
+    def _batch_count(self, replies: dict[str, dict[str, Any]]) -> int:
+        counts = {key: int(r.get("batches", -1)) for key, r in replies.items()}
+        if len(set(counts.values())) != 1:
+            raise BatchMismatch(f"collaborators yield different numbers of training batches: {counts}")
+        total = next(iter(counts.values()))
+        if total <= 0:
+            raise BatchMismatch(f"collaborators yield no training batches: {counts}")
+        return total
+
+    def _batch_features(
+        self, host: SplitLearningHost, replies: dict[str, dict[str, Any]], index: int, offset: int
+    ) -> dict[str, np.ndarray]:
+        mine = host.next_batch()
+        if mine is None:
+            raise BatchMismatch(
+                f"training batch {index + 1}: the host's generator ended after {index} batches, "
+                f"its collaborators yield more"
+            )
+        features: dict[str, np.ndarray] = {}
+        for key, reply in replies.items():
+            feats = reply.get("features") or []
+            if offset >= len(feats):
+                raise BatchMismatch(f"training batch {index + 1}: collaborator '{key}' sent no features")
+            check_batch(f"training batch {index + 1}", key, mine, feats[offset], reply.get("digests", []), offset)
+            features[key] = feats[offset]
+        return features
+
+    def _test_from(
+        self, host: SplitLearningHost, replies: dict[str, dict[str, Any]], server_round: int
+    ) -> dict[str, float]:
+        mine = host.test_batches()
+        features: dict[str, list[np.ndarray]] = {}
+        for key, reply in replies.items():
+            feats = reply.get("test-features") or []
+            if len(feats) != len(mine):
+                raise BatchMismatch(
+                    f"round {server_round} test: the host has {len(mine)} test batches, "
+                    f"collaborator '{key}' {len(feats)}"
+                )
+            for i, batch in enumerate(mine):
+                check_batch(f"test batch {i + 1}", key, batch, feats[i], reply.get("test-digests", []), i)
+            features[key] = feats
+        return host.test(features)
+
+
+def check_batch(
+    what: str, key: str, host: HostBatch, features: np.ndarray, digests: list[str], offset: int
+) -> None:
+    """Raise ``BatchMismatch`` unless a collaborator's batch matches the host's."""
+    size = int(features.shape[0]) if features.ndim else 0
+    if size != host.size:
+        raise BatchMismatch(
+            f"{what}: collaborator '{key}' sent {size} samples, the host's batch has {host.size}"
+        )
+    theirs = digests[offset] if offset < len(digests) else ""
+    if host.digest and theirs and theirs != host.digest:
+        raise BatchMismatch(
+            f"{what}: collaborator '{key}' holds other samples (or another order) than the host"
+        )
