@@ -27,7 +27,7 @@ OFFLINE_TRAIN_SIZE = 4000
 
 def write_idx(path: Path, array: np.ndarray) -> None:
     """Write a uint8 array as an IDX file and its ``.gz`` twin, atomically."""
-    array = np.ascontiguousarray(array, dtype=np.uint8)
+    array = np.asarray(array, dtype=np.uint8, order="C")
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
         int(d).to_bytes(4, "big") for d in array.shape
     )

@@ -60,5 +60,5 @@ def weighted_mean(
             value = np.rint(acc).astype(dtype)
         else:
             value = acc.astype(dtype)
-        out[key] = Array(np.ascontiguousarray(value))
+        out[key] = Array(np.asarray(value, order="C"))
     return out

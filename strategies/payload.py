@@ -25,14 +25,14 @@ def encode(payload: Mapping[str, Any]) -> RecordDict:
         if value is None:
             continue
         if isinstance(value, np.ndarray):
-            content[_ARRAY + key] = ArrayRecord({"v": Array(np.ascontiguousarray(value))})
+            content[_ARRAY + key] = ArrayRecord({"v": Array(np.asarray(value, order="C"))})
         elif isinstance(value, Mapping):
             content[_MAP + key] = ArrayRecord(
-                {str(k): Array(np.ascontiguousarray(v)) for k, v in value.items()}
+                {str(k): Array(np.asarray(v, order="C")) for k, v in value.items()}
             )
         elif isinstance(value, list) and value and all(isinstance(v, np.ndarray) for v in value):
             content[_SEQ + key] = ArrayRecord(
-                {str(i): Array(np.ascontiguousarray(v)) for i, v in enumerate(value)}
+                {str(i): Array(np.asarray(v, order="C")) for i, v in enumerate(value)}
             )
         else:
             scalars[key] = value

@@ -240,7 +240,7 @@ class SplitLearning:
             grid,
             EXCHANGE,
             {key: {"round": server_round, "begin": True, "send": list(range(k)), **extra} for key in self.nodes},
-            f"round {server_round}, batches 1..{k}",
+            f"round {server_round}, the start and the features of {_span(list(range(k)))}",
         )
         total = self._batch_count(replies)
         log(INFO, "Round %d: %d training batches per party, %d per exchange", server_round, total, k)
@@ -265,10 +265,10 @@ class SplitLearning:
                 "finish": finish,
                 "test": finish and test_now,
             }
-            what = (
-                f"round {server_round}, the last gradients{' and the test' if test_now else ''}"
+            what = f"round {server_round}, the gradients of {_span(batches)} " + (
+                ("and the test features" if test_now else "(last of the round)")
                 if finish
-                else f"round {server_round}, batches {first + 1}..{min(first + k, total)}"
+                else f"and the features of {_span(payload['send'])}"
             )
             replies = self.send(grid, EXCHANGE, {key: {**payload, "grads": grads[key]} for key in self.nodes}, what)
             if finish:
@@ -337,6 +337,13 @@ class SplitLearning:
                 check_batch(f"test batch {i + 1}", key, batch, feats[i], reply.get("test-digests", []), i)
             features[key] = feats
         return host.test(features)
+
+
+def _span(indices: list[int]) -> str:
+    """Zero-based batch indices as one-based text: "batch 3" or "batches 3..4"."""
+    if len(indices) == 1:
+        return f"batch {indices[0] + 1}"
+    return f"batches {indices[0] + 1}..{indices[-1] + 1}"
 
 
 def check_batch(

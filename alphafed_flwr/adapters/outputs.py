@@ -56,7 +56,7 @@ class Checkpoint:
         if META_KEY in arrays:
             raise ValueError(f"'{META_KEY}' is reserved")
         buffer = io.BytesIO()
-        payload = {f"a:{k}": np.ascontiguousarray(v) for k, v in arrays.items()}
+        payload = {f"a:{k}": np.asarray(v, order="C") for k, v in arrays.items()}
         payload[META_KEY] = np.array(json.dumps(dict(meta), default=str))
         np.savez(buffer, **payload)
         atomic_write_bytes(self.path, buffer.getvalue())

@@ -42,7 +42,7 @@ def arrays_to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
 
 def numpy_to_arrays(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
     """Numpy arrays as an ArrayRecord."""
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+    return ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in arrays.items()})
 
 
 def optimizer_to_records(optimizer: Optimizer) -> tuple[ArrayRecord, ConfigRecord]:

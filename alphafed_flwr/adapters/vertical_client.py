@@ -287,7 +287,7 @@ class VerticalCollaborator:
     def _save_psi_state(self, party: PsiParty) -> None:
         state = party.to_state()
         self.state[PSI_ARRAYS] = ArrayRecord(
-            {k: Array(np.ascontiguousarray(v)) for k, v in state.items() if isinstance(v, np.ndarray)}
+            {k: Array(np.asarray(v, order="C")) for k, v in state.items() if isinstance(v, np.ndarray)}
         )
         self.state[PSI_KEYS] = ConfigRecord({k: v for k, v in state.items() if isinstance(v, bytes)})
 

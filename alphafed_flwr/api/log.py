@@ -32,10 +32,22 @@ class FlowerStyleFormatter(logging.Formatter):
         )
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time of the record (tests swap it)."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # noqa: ANN001
+        del value
+
+
 def _make_logger() -> logging.Logger:
     log = logging.getLogger("alphafed")
     if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         # Coloured like Flower's own console handler (which colours unconditionally).
         handler.setFormatter(FlowerStyleFormatter(colored="NO_COLOR" not in os.environ))
         log.addHandler(handler)

@@ -269,7 +269,8 @@ def _implemented(cls: type, method: str) -> bool:
     """Whether ``method`` is defined by a user class rather than by this package."""
     for klass in cls.__mro__:
         if method in klass.__dict__:
-            return not klass.__module__.startswith("alphafed_flwr.")
+            value = klass.__dict__[method]
+            return callable(value) and not klass.__module__.startswith("alphafed_flwr.")
     return False
 
 

@@ -1,0 +1,96 @@
+"""FedAvg/FedSGD adapters in-process: client messages, optimizer state, resume, aggregator."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from fakegrid import FakeGrid
+from tasks import write_fedavg
+
+from alphafed_flwr.adapters import templates
+from alphafed_flwr.adapters.horizontal_client import ClientSettings, horizontal_client_app
+from alphafed_flwr.adapters.horizontal_server import HorizontalServer, ServerSettings
+from alphafed_flwr.adapters.records import OPT_ARRAYS
+from alphafed_flwr.adapters.templates import PickledTemplate
+from alphafed_flwr.api import FedAvgScheduler
+from alphafed_flwr.loader import load_object
+
+
+def setup(tmp_path: Path, tiny_mnist: Path, clients: int = 2, args: str = "max_rounds=2, log_rounds=1",
+          **client_kwargs) -> tuple[PickledTemplate, FakeGrid]:
+    sched = load_object(str(write_fedavg(tmp_path, args=args)), FedAvgScheduler).obj
+    template = PickledTemplate(sched)
+    settings = ClientSettings(task_id="tiny", out_dir=str(tmp_path / "out"), data_dir=str(tiny_mnist),
+                              partition="iid", seed=0, **client_kwargs)
+    app = horizontal_client_app(lambda ctx: template, lambda ctx: settings)
+    grid = FakeGrid(
+        {n: (lambda m, c: app(m, c)) for n in range(1, clients + 1)},
+        {n: {"partition-id": n - 1, "num-partitions": clients} for n in range(1, clients + 1)},
+    )
+    grid.before_message = templates._instances.clear  # every message in a fresh process
+    return template, grid
+
+
+def server(template: PickledTemplate, tmp_path: Path, tiny_mnist: Path, **kwargs) -> HorizontalServer:
+    settings = ServerSettings(out_dir=tmp_path / "out", task_id="tiny", data_dir=tiny_mnist, seed=0, **kwargs)
+    involve = template.new_instance().involve_aggregator
+    return HorizontalServer(template.new_instance(), settings, template.new_instance() if involve else None)
+
+
+def test_a_run_writes_every_output_and_keeps_optimizer_state(tmp_path: Path, tiny_mnist: Path) -> None:
+    template, grid = setup(tmp_path, tiny_mnist)
+    summary = server(template, tmp_path, tiny_mnist).run(grid)
+    out = tmp_path / "out"
+    assert summary["status"] == "completed" and summary["rounds_completed"] == 2
+    assert [r["round"] for r in summary["rounds"]] == [1, 2]
+    assert summary["final_test"]["accuracy"] > 0.3  # tiny data, two rounds: well above chance
+    rows = list(csv.DictReader((out / "metrics" / "test_results.csv").open()))
+    assert [r["round"] for r in rows] == ["1", "2"]
+    client_rows = list(csv.DictReader((out / "metrics" / "clients" / "client-0.csv").open()))
+    assert client_rows[-1]["round"] == "2" and float(client_rows[-1]["accuracy"]) >= 0
+    for name in ("model.pt", "summary.json", "checkpoint/checkpoint.npz"):
+        assert (out / name).exists()
+    assert list((out / "tensorboard" / "server").glob("events*"))
+    # momentum carried over on each node, flattened in context.state
+    assert all(OPT_ARRAYS in ctx.state.array_records for ctx in grid.contexts.values())
+    train = [m for m in grid.sent if m.metadata.message_type == "train"]
+    assert len(train) == 4
+
+
+def test_reset_optimizer_keeps_nothing(tmp_path: Path, tiny_mnist: Path) -> None:
+    template, grid = setup(tmp_path, tiny_mnist, reset_optimizer=True)
+    server(template, tmp_path, tiny_mnist).run(grid)
+    assert not any(OPT_ARRAYS in ctx.state.array_records for ctx in grid.contexts.values())
+
+
+def test_the_aggregator_trains_as_one_more_participant(tmp_path: Path, tiny_mnist: Path) -> None:
+    template, grid = setup(tmp_path, tiny_mnist, args="max_rounds=1, involve_aggregator=True")
+    summary = server(template, tmp_path, tiny_mnist).run(grid)
+    train = summary["rounds"][0]["train"]
+    assert train["num-results"] == 3  # two clients and the server
+    assert train["num-examples"] == 240 + 240  # the clients' partitions plus the server's own data
+
+
+def test_a_restarted_run_resumes_from_its_last_checkpoint(tmp_path: Path, tiny_mnist: Path) -> None:
+    template, grid = setup(tmp_path, tiny_mnist, args="max_rounds=3")
+    first = server(template, tmp_path, tiny_mnist)
+    original = first.on_round_end
+
+    def crash_in_round_2(server_round, arrays, metrics):  # noqa: ANN001, ANN202
+        if server_round == 2:
+            raise KeyboardInterrupt("server killed")
+        return original(server_round, arrays, metrics)
+
+    first.on_round_end = crash_in_round_2  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        first.run(grid)
+    _, grid = setup(tmp_path, tiny_mnist, args="max_rounds=3")
+    summary = server(template, tmp_path, tiny_mnist).run(grid)
+    assert summary["resumed_from_round"] == 1
+    assert [r["round"] for r in summary["rounds"]] == [1, 2, 3]
+    rows = list(csv.DictReader((tmp_path / "out" / "metrics" / "test_results.csv").open()))
+    assert [r["round"] for r in rows] == ["1", "3"]  # round 1 kept; round 3 is the last (tested)
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["status"] == "completed"
