@@ -180,8 +180,10 @@ class HorizontalClient:
 def horizontal_client_app(
     source_fn: Callable[[Context], SchedulerSource],
     settings_fn: Callable[[Context], ClientSettings],
+    app: ClientApp | None = None,
 ) -> ClientApp:
-    """A ClientApp running FedAvg/FedSGD schedulers.
+    """A ClientApp running FedAvg/FedSGD schedulers (``train``, ``evaluate``,
+    ``query.full_batch``).
 
     Parameters
     ----------
@@ -190,8 +192,10 @@ def horizontal_client_app(
     settings_fn : Callable[[Context], ClientSettings]
         The node's settings (from the closure in a simulation, from node/run config in
         deployment).
+    app : ClientApp | None
+        Register the handlers on this ClientApp instead of a new one.
     """
-    app = ClientApp()
+    app = ClientApp() if app is None else app
 
     def client(context: Context) -> HorizontalClient:
         return HorizontalClient(source_fn(context), settings_fn(context), context)

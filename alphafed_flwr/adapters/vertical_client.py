@@ -295,8 +295,10 @@ class VerticalCollaborator:
 def collaborator_client_app(
     source_fn: Callable[[Context], SchedulerSource],
     settings_fn: Callable[[Context], CollaboratorSettings],
+    app: ClientApp | None = None,
 ) -> ClientApp:
-    """A ClientApp running a ``HeteroNNCollaboratorScheduler``.
+    """A ClientApp running a ``HeteroNNCollaboratorScheduler`` (``query.hello``,
+    ``query.psi``, ``train.exchange``).
 
     Parameters
     ----------
@@ -304,8 +306,10 @@ def collaborator_client_app(
         Where the node's scheduler comes from.
     settings_fn : Callable[[Context], CollaboratorSettings]
         The node's settings.
+    app : ClientApp | None
+        Register the handlers on this ClientApp instead of a new one.
     """
-    app = ClientApp()
+    app = ClientApp() if app is None else app
 
     def handle(method: str) -> Callable[[Message, Context], Message]:
         def handler(message: Message, context: Context) -> Message:

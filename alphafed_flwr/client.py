@@ -1,0 +1,246 @@
+"""``python -m alphafed_flwr.client``: join a task as a SuperNode of Flower's deployment engine.
+
+It optionally checks this node's data first (``--data-checker``: a failing check means the
+node does not join, and says why), then runs Flower's own SuperNode with this node's
+settings as node config: its data folder, output folder, partition, and for a vertical
+task its collaborator script. While the server is not up yet, the node retries for at most
+``--connect-timeout`` seconds; if a restarted server no longer knows the node, the node
+starts again by itself. Authentication failures are final and reported.
+
+::
+
+    python -m alphafed_flwr.client --server 10.0.0.1:9092 --ca-cert ca.pem --node-key node-1 \\
+        --data-dir /data --partition-id 0 --num-partitions 2
+    python -m alphafed_flwr.client --server ... --collaborator collab.py[:name]     # vertical
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from alphafed_flwr.api.env import RunEnvironment, set_environment
+from alphafed_flwr.api.errors import ConfigError, TaskFailed
+from alphafed_flwr.api.hetero_nn import HeteroNNCollaboratorScheduler
+from alphafed_flwr.api.log import logger
+from alphafed_flwr.api.scheduler import DataChecker
+from alphafed_flwr.cli import exit_with
+from alphafed_flwr.deploy.processes import Managed, flower_env, free_port, python_module
+from alphafed_flwr.deploy.supernode import SLEEP_CAP_ENV
+from alphafed_flwr.deploy.worker import SOCKET_KEY
+from alphafed_flwr.loader import load_object
+
+EXIT_DATA_CHECK = 3
+AUTH_GRACE = 20.0  # a server may still be registering keys when a node first connects
+_AUTH_FAILURE = re.compile(r"code: (2001|2004)\]|authentication is enabled|Failed to activate SuperNode")
+_CONNECTED = re.compile(r"Connection successful|Starting Flower SuperNode|Received", re.IGNORECASE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    p = argparse.ArgumentParser(
+        prog="python -m alphafed_flwr.client",
+        description="Join a task as a SuperNode of Flower's deployment engine.",
+    )
+    p.add_argument("--server", required=True, help="the server's address, host:port")
+    p.add_argument("--insecure", action="store_true", help="plain HTTP, no TLS (warns)")
+    p.add_argument("--ca-cert", help="CA certificate (PEM) that signed the server's certificate")
+    p.add_argument("--node-key", help="this node's private key (OpenSSH EC), registered on the server")
+    p.add_argument("--data-dir", help="this node's data folder (get_dataset_dir)")
+    p.add_argument("--out", default="alphafed-client", help="this node's output folder")
+    p.add_argument("--partition-id", type=int, help="train on this partition of the local data")
+    p.add_argument("--num-partitions", type=int, help="number of partitions (with --partition-id)")
+    p.add_argument("--collaborator", help="vertical: this node's collaborator script, path.py[:name]")
+    p.add_argument("--data-checker", help="DataChecker to pass before joining, path.py[:name]")
+    p.add_argument("--task-id", default="local-task", help="task id given to the DataChecker")
+    p.add_argument("--connect-timeout", type=float, default=300.0,
+                   help="seconds to keep trying to reach the server (default 300)")
+    p.add_argument("--no-warm-worker", action="store_true",
+                   help="run every message in Flower's fresh ClientApp process (slower: torch and "
+                        "the task are loaded for every message)")
+    p.add_argument("--poll-interval", type=float, default=0.05,
+                   help="cap in seconds of the SuperNode's fixed sleeps between pulls (default 0.05; "
+                        "0 keeps Flower's 3 s)")
+    return p
+
+
+def check_data(args: argparse.Namespace) -> tuple[bool, str]:
+    """Run the ``--data-checker``."""
+    set_environment(RunEnvironment("client", "check", None, Path(args.data_dir) if args.data_dir else None, args.task_id))
+    loaded = load_object(args.data_checker, DataChecker, init_kwargs={"task_id": args.task_id})
+    return loaded.obj.execute_verification()
+
+
+def node_config(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """This node's settings, as Flower node config."""
+    if (args.partition_id is None) != (args.num_partitions is None):
+        raise ConfigError("--partition-id and --num-partitions go together")
+    if args.partition_id is not None and not 0 <= args.partition_id < args.num_partitions:
+        raise ConfigError(f"--partition-id must be in 0..{args.num_partitions - 1}")
+    config: dict[str, Any] = {"out-dir": str(out)}
+    if args.data_dir:
+        config["data-dir"] = str(Path(args.data_dir).resolve())
+    if args.partition_id is not None:
+        config["partition-id"] = args.partition_id
+        config["num-partitions"] = args.num_partitions
+    if args.collaborator:
+        path, sep, name = args.collaborator.rpartition(":")
+        script = args.collaborator if not (sep and name.isidentifier()) else path
+        resolved = str(Path(script).resolve()) + (f":{name}" if sep and name.isidentifier() else "")
+        load_object(resolved, HeteroNNCollaboratorScheduler)  # fail fast, here
+        config["collaborator"] = resolved
+    return config
+
+
+def start_worker(out: Path, env: dict[str, str]) -> tuple[Managed | None, str | None]:
+    """Start the node's warm worker; return it and its socket (``None``s if it failed)."""
+    from alphafed_flwr.deploy.worker import READY_TIMEOUT  # pylint: disable=C0415
+
+    sock = out / "worker.sock"
+    sock.unlink(missing_ok=True)
+    worker = Managed(
+        "worker", python_module("alphafed_flwr.deploy.worker", "--socket", str(sock)), env, out,
+        log=out / "worker.log",
+    )
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline and worker.alive() and not sock.exists():
+        time.sleep(0.1)
+    if sock.exists():
+        return worker, str(sock)
+    worker.stop()
+    logger.warning(
+        "The warm worker did not start within %gs (see %s); messages run in Flower's own "
+        "ClientApp processes", READY_TIMEOUT, out / "worker.log",
+    )
+    return None, None
+
+
+def supernode_flags(args: argparse.Namespace) -> list[str]:
+    """TLS and authentication flags of the SuperNode."""
+    if args.insecure:
+        if args.ca_cert or args.node_key:
+            raise ConfigError("--insecure cannot be combined with --ca-cert or --node-key")
+        logger.warning("--insecure: plain HTTP to the server; use it only on a trusted network")
+        return ["--insecure"]
+    if not args.ca_cert:
+        raise ConfigError("TLS needs --ca-cert (the CA that signed the server's certificate), or pass --insecure")
+    flags = ["--root-certificates", str(Path(args.ca_cert).resolve())]
+    if args.node_key:
+        key = Path(args.node_key).resolve()
+        if not key.is_file():
+            raise ConfigError(f"node key '{key}' does not exist")
+        flags += ["--auth-supernode-private-key", str(key)]
+    return flags
+
+
+class SuperNodeRunner:
+    """Keeps one SuperNode running; restarts it when the server forgets it."""
+
+    def __init__(self, command: list[str], env: dict[str, str], out: Path, connect_timeout: float) -> None:
+        self.command, self.env, self.out = command, env, out
+        self.connect_timeout = connect_timeout
+        self.auth_failed = threading.Event()
+        self.connected = threading.Event()
+        self.node: Managed | None = None
+        self.stopping = False
+
+    def _line(self, line: str) -> None:
+        print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
+        if _AUTH_FAILURE.search(line):
+            self.auth_failed.set()
+        if _CONNECTED.search(line):
+            self.connected.set()
+
+    def run(self) -> int:
+        """Run until interrupted; returns the exit code."""
+        last_contact = time.monotonic()
+        first_refusal: float | None = None
+        while not self.stopping:
+            self.connected.clear()
+            self.auth_failed.clear()
+            self.node = Managed("supernode", self.command, self.env, self.out, on_line=self._line)
+            code = self.node.wait()
+            if self.stopping:
+                break
+            if self.auth_failed.is_set():
+                first_refusal = first_refusal or time.monotonic()
+                if time.monotonic() - first_refusal > AUTH_GRACE:
+                    raise TaskFailed(
+                        "the server refused this node's key: register it on the server with "
+                        "--node-public-key (or start the node with the right --node-key)"
+                    )
+                logger.warning("The server does not know this node's key yet; retrying")
+                time.sleep(2.0)
+                continue
+            if self.connected.is_set():
+                last_contact = time.monotonic()
+            elif time.monotonic() - last_contact > self.connect_timeout:
+                raise TaskFailed(
+                    f"could not reach the server within {self.connect_timeout:g}s (--connect-timeout)"
+                )
+            logger.info("The SuperNode stopped (exit %s); starting it again", code)
+            time.sleep(1.0)
+        return 0
+
+    def request_stop(self, *_: Any) -> None:
+        """Signal handler: ask the SuperNode to stop (the main loop then cleans up)."""
+        self.stopping = True
+        if self.node is not None:
+            self.node.terminate()
+
+    def stop(self) -> None:
+        """Stop the SuperNode and do not restart it."""
+        self.stopping = True
+        if self.node is not None:
+            self.node.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if args.data_checker:
+        ok, reason = check_data(args)
+        if not ok:
+            logger.error("Data check failed, not joining the task: %s", reason)
+            return EXIT_DATA_CHECK
+        logger.info("Data check passed: %s", reason)
+    flags = supernode_flags(args)
+    config = node_config(args, out)
+    env = flower_env(out / ".flwr-node", poll_interval=0.05)
+    worker, sock = (None, None) if args.no_warm_worker else start_worker(out, env)
+    if sock is not None:
+        config[SOCKET_KEY] = sock
+    config_file = out / "node-config.toml"
+    config_file.write_text(tomli_w.dumps(config))
+    if args.poll_interval > 0:
+        env[SLEEP_CAP_ENV] = str(args.poll_interval)
+    command = python_module(
+        "alphafed_flwr.deploy.supernode", "--superlink", args.server, *flags,
+        "--node-config", str(config_file), "--port", str(free_port()),
+        "--max-wait-time", str(args.connect_timeout),
+    )
+    runner = SuperNodeRunner(command, env, out, args.connect_timeout)
+    signal.signal(signal.SIGTERM, runner.request_stop)
+    signal.signal(signal.SIGINT, runner.request_stop)
+    logger.info("Joining %s as a SuperNode (outputs in %s)", args.server, out)
+    try:
+        return runner.run()
+    finally:
+        runner.stop()
+        if worker is not None:
+            worker.stop()
+
+
+if __name__ == "__main__":
+    exit_with(main)

@@ -1,0 +1,1 @@
+"""Running tasks on Flower's deployment engine (SuperLink, SuperNodes, app bundles)."""

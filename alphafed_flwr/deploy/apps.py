@@ -1,0 +1,202 @@
+"""The ServerApp and ClientApp that a bundle's thin modules expose (deployment only).
+
+Run settings come from ``context.run_config`` (written into the bundle by the server
+command); each node's own settings (data folder, output folder, partition, collaborator
+script) come from ``context.node_config`` (the client command's ``--node-config``).
+The ServerApp imports the adapters only when it runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+_bundle: Path | None = None
+
+
+def use_bundle(path: Path | None) -> None:
+    """Set the bundle folder explicitly (the warm worker does, per forwarded message)."""
+    global _bundle  # noqa: PLW0603 - one message at a time per process
+    _bundle = path
+
+
+def bundle_dir() -> Path:
+    """Folder of the installed bundle (the ServerApp/ClientApp module's parent package)."""
+    if _bundle is not None:
+        return _bundle
+    import alphafed_app  # type: ignore[import-not-found]  # pylint: disable=import-outside-toplevel
+
+    return Path(alphafed_app.__file__).resolve().parent.parent
+
+
+def _text(config: dict[str, Any], key: str) -> str | None:
+    value = config.get(key, "")
+    return None if value in ("", None) else str(value)
+
+
+def _number(config: dict[str, Any], key: str) -> int | None:
+    value = config.get(key, -1)
+    return None if value is None or int(value) < 0 else int(value)
+
+
+server_app = ServerApp()
+
+
+@server_app.main()
+def _server_main(grid: Grid, context: Context) -> None:
+    """Run the task's server side: a horizontal server or a vertical host."""
+    # pylint: disable=import-outside-toplevel
+    from alphafed_flwr.adapters.templates import TaskFileTemplate
+    from alphafed_flwr.api.log import logger
+    from alphafed_flwr.deploy.bundle import task_ref_in
+
+    config = dict(context.run_config)
+    ref = task_ref_in(bundle_dir())
+    out = Path(str(config["out-dir"]))
+    data_dir = _text(config, "server-data-dir")
+    logger.info("ServerApp: task %s, outputs in %s", ref, out)
+    if config.get("mode") == "vertical":
+        from alphafed_flwr.adapters.vertical_host import (
+            VerticalHost,
+            VerticalSettings,
+            run_vertical_host,
+        )
+        from alphafed_flwr.api.hetero_nn import HeteroNNHostScheduler
+        from alphafed_flwr.strategies.split_learning import SplitLearning
+
+        host = TaskFileTemplate(ref, HeteroNNHostScheduler).new_instance()
+        assert isinstance(host, HeteroNNHostScheduler)
+        settings = VerticalSettings(
+            out_dir=out,
+            task_id=str(config["task-id"]),
+            num_collaborators=int(config["num-collaborators"]),
+            rounds=_number(config, "rounds") or None,
+            data_dir=None if data_dir is None else Path(data_dir),
+            seed=_number(config, "seed"),
+            resume=bool(config.get("resume", True)),
+            batches_per_exchange=int(config.get("batches-per-exchange", 1)),
+            record=config,
+        )
+        strategy = SplitLearning(
+            num_collaborators=settings.num_collaborators,
+            schedule_timeout=float(host.schedule_timeout),
+            calculation_timeout=float(host.calculation_timeout),
+            batches_per_exchange=settings.batches_per_exchange,
+        )
+        run_vertical_host(grid, VerticalHost(host, settings), strategy)
+        return
+    from alphafed_flwr.adapters.horizontal_server import HorizontalServer, ServerSettings
+    from alphafed_flwr.api.fed_avg import FedAvgScheduler
+
+    template = TaskFileTemplate(ref, FedAvgScheduler)
+    scheduler = template.new_instance()
+    assert isinstance(scheduler, FedAvgScheduler)
+    settings_h = ServerSettings(
+        out_dir=out,
+        task_id=str(config["task-id"]),
+        rounds=_number(config, "rounds") or None,
+        data_dir=None if data_dir is None else Path(data_dir),
+        seed=_number(config, "seed"),
+        weighted=bool(config.get("weighted", True)),
+        client_eval=str(config.get("client-eval", "last")),
+        resume=bool(config.get("resume", True)),
+        max_round_retries=int(config.get("max-round-retries", 3)),
+        record=config,
+    )
+    trainer = template.new_instance() if scheduler.involve_aggregator else None
+    HorizontalServer(scheduler, settings_h, trainer).run(grid)  # type: ignore[arg-type]
+
+
+def _horizontal_source(context: Context) -> Any:
+    # pylint: disable=import-outside-toplevel
+    from alphafed_flwr.adapters.templates import TaskFileTemplate
+    from alphafed_flwr.api.fed_avg import FedAvgScheduler
+    from alphafed_flwr.deploy.bundle import task_ref_in
+
+    del context
+    return TaskFileTemplate(task_ref_in(bundle_dir()), FedAvgScheduler)
+
+
+def _horizontal_settings(context: Context) -> Any:
+    from alphafed_flwr.adapters.horizontal_client import ClientSettings  # pylint: disable=C0415
+
+    run, node = dict(context.run_config), dict(context.node_config)
+    return ClientSettings(
+        task_id=str(run["task-id"]),
+        out_dir=_text(node, "out-dir"),
+        data_dir=_text(node, "data-dir"),
+        partition=(_text(run, "partition") or "iid") if "partition-id" in node else None,
+        alpha=float(run.get("alpha", 0.5)),
+        samples=int(run.get("samples", 32)),
+        seed=_number(run, "seed"),
+        reset_optimizer=bool(run.get("reset-optimizer", False)),
+    )
+
+
+def _collaborator_source(context: Context) -> Any:
+    # pylint: disable=import-outside-toplevel
+    from alphafed_flwr.adapters.templates import TaskFileTemplate
+    from alphafed_flwr.api.errors import ConfigError
+    from alphafed_flwr.api.hetero_nn import HeteroNNCollaboratorScheduler
+
+    script = _text(dict(context.node_config), "collaborator")
+    if script is None:
+        raise ConfigError(
+            "this node has no collaborator script: start it with "
+            "python -m alphafed_flwr.client --collaborator collab.py[:name]"
+        )
+    return TaskFileTemplate(script, HeteroNNCollaboratorScheduler)
+
+
+def _collaborator_settings(context: Context) -> Any:
+    from alphafed_flwr.adapters.vertical_client import CollaboratorSettings  # pylint: disable=C0415
+
+    run, node = dict(context.run_config), dict(context.node_config)
+    return CollaboratorSettings(
+        task_id=str(run["task-id"]),
+        out_dir=_text(node, "out-dir") or str(Path.cwd() / "alphafed-client"),
+        data_dir=_text(node, "data-dir"),
+        seed=_number(run, "seed"),
+    )
+
+
+_local_app: ClientApp | None = None
+
+
+def local_client_app() -> ClientApp:
+    """The adapters' ClientApp, built once per process (imports torch)."""
+    global _local_app  # noqa: PLW0603 - one per process
+    if _local_app is None:
+        # pylint: disable=import-outside-toplevel
+        from alphafed_flwr.adapters.horizontal_client import horizontal_client_app
+        from alphafed_flwr.adapters.vertical_client import collaborator_client_app
+
+        app = horizontal_client_app(_horizontal_source, _horizontal_settings)
+        _local_app = collaborator_client_app(_collaborator_source, _collaborator_settings, app)
+    return _local_app
+
+
+def _dispatch(message: Message, context: Context) -> Message:
+    """Forward to the node's warm worker if it has one, else run here."""
+    from alphafed_flwr.deploy.worker import SOCKET_KEY, WorkerUnavailable, forward  # pylint: disable=C0415
+
+    path = _text(dict(context.node_config), SOCKET_KEY)
+    if path is not None:
+        try:
+            return forward(path, message, context, bundle_dir())
+        except WorkerUnavailable as exc:
+            from alphafed_flwr.api.log import logger  # pylint: disable=C0415
+
+            logger.warning("%s; running the message in this process", exc)
+    return local_client_app()(message, context)
+
+
+#: The bundle's ClientApp: light to import (no torch); messages go to the warm worker.
+client_app = ClientApp()
+for _type in ("train", "evaluate", "query.full_batch", "query.hello", "query.psi", "train.exchange"):
+    _category, _, _action = _type.partition(".")
+    getattr(client_app, _category)(_action or "default")(_dispatch)

@@ -1,0 +1,158 @@
+"""Our side of the SuperLink's Control API: register nodes, start a run, follow it."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from alphafed_flwr.api.errors import ConfigError, TaskFailed
+
+from .superlink import TOKEN_HEADER
+
+
+class _TokenInterceptor:
+    """Adds the guarded SuperLink's control token to every Control API call."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def intercept(self, context: Any, call_next: Callable[[Any], httpx.Response]) -> httpx.Response:
+        context.request.headers[TOKEN_HEADER] = self.token
+        return call_next(context)
+
+
+class Control:
+    """A Control API client for one guarded SuperLink.
+
+    Parameters
+    ----------
+    address : str
+        ``host:port`` to reach the SuperLink from this machine.
+    token : str
+        The SuperLink's control token.
+    ca_cert : Path | None
+        CA certificate for TLS; ``None`` with ``insecure``.
+    insecure : bool
+        Plain HTTP.
+    """
+
+    def __init__(self, address: str, token: str, ca_cert: Path | None, insecure: bool) -> None:
+        from flwr.supercore.control import ControlHttpClient  # pylint: disable=C0415
+
+        self.client = ControlHttpClient.from_server_address(
+            server_address=address,
+            insecure=insecure,
+            root_certificates=None if insecure or ca_cert is None else str(ca_cert),
+            interceptors=[_TokenInterceptor(token)],
+        )
+
+    def close(self) -> None:
+        """Close the HTTP client."""
+        self.client.close()
+
+    def wait_ready(self, timeout: float, alive: Callable[[], bool]) -> None:
+        """Wait until the Control API answers (``TaskFailed`` after ``timeout`` s)."""
+        from flwr.proto.control_pb2 import ListRunsRequest  # pylint: disable=C0415
+
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            if not alive():
+                raise TaskFailed("the SuperLink stopped while starting (see superlink.log in --out)")
+            try:
+                self.client.ListRuns(ListRunsRequest())
+                return
+            except (httpx.HTTPError, OSError) as exc:
+                last = exc
+                time.sleep(0.2)
+        raise TaskFailed(f"the SuperLink did not answer within {timeout:g}s ({last})")
+
+    def register_nodes(self, public_keys: list[Path]) -> list[str]:
+        """Register SuperNode public keys (OpenSSH EC); returns one line per key."""
+        from cryptography.hazmat.primitives import serialization  # pylint: disable=C0415
+        from cryptography.hazmat.primitives.asymmetric import ec  # pylint: disable=C0415
+        from flwr.proto.control_pb2 import RegisterNodeRequest  # pylint: disable=C0415
+
+        lines = []
+        for path in public_keys:
+            try:
+                key = serialization.load_ssh_public_key(Path(path).read_bytes())
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"cannot read the node public key '{path}': {exc}") from exc
+            if not isinstance(key, ec.EllipticCurvePublicKey):
+                raise ConfigError(f"'{path}' is not an EC public key (use python -m alphafed_flwr.certs)")
+            pem = key.public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            try:
+                res = self.client.RegisterNode(RegisterNodeRequest(public_key=pem, name=Path(path).stem))
+                lines.append(f"{path}: node {res.node_id}")
+            except httpx.HTTPStatusError as exc:
+                if "already in use" not in exc.response.text:
+                    raise TaskFailed(f"registering '{path}' failed: {exc.response.text}") from exc
+                lines.append(f"{path}: already registered")
+        return lines
+
+    def stop_unfinished_runs(self) -> list[int]:
+        """Stop runs a previous server left behind in the same database."""
+        from flwr.proto.control_pb2 import ListRunsRequest, StopRunRequest  # pylint: disable=C0415
+
+        stopped = []
+        for run_id, run in self.client.ListRuns(ListRunsRequest()).run_dict.items():
+            if run.status.status != "finished":
+                try:
+                    self.client.StopRun(StopRunRequest(run_id=run_id))
+                    stopped.append(run_id)
+                except httpx.HTTPError:
+                    continue
+        return stopped
+
+    def start_run(self, fab: bytes) -> int:
+        """Submit the bundle; return the run id."""
+        # pylint: disable=import-outside-toplevel
+        from flwr.common.serde import fab_to_proto
+        from flwr.proto.control_pb2 import StartRunRequest
+        from flwr.supercore.fab import Fab
+
+        request = StartRunRequest(fab=fab_to_proto(Fab(hashlib.sha256(fab).hexdigest(), fab, {})), federation="")
+        try:
+            res = self.client.StartRun(request)
+        except httpx.HTTPStatusError as exc:
+            raise TaskFailed(f"the SuperLink refused the run: {exc.response.text}") from exc
+        if not res.HasField("run_id"):
+            raise TaskFailed("the SuperLink refused the run (no run id; is the bundle over 10 MB?)")
+        return int(res.run_id)
+
+    def stream_logs(self, run_id: int, write: Callable[[str], None]) -> None:
+        """Print the run's log until the run finishes."""
+        from flwr.proto.control_pb2 import StreamLogsRequest  # pylint: disable=C0415
+
+        after = 0.0
+        while True:
+            try:
+                for chunk in self.client.StreamLogs(StreamLogsRequest(run_id=run_id, after_timestamp=after)):
+                    write(chunk.log_output)
+                    after = max(after, chunk.latest_timestamp)
+                return
+            except httpx.HTTPError:
+                if self.status(run_id)[0] == "finished":
+                    return
+                time.sleep(0.5)
+
+    def status(self, run_id: int) -> tuple[str, str, str]:
+        """``(status, sub_status, details)`` of a run."""
+        from flwr.proto.control_pb2 import ListRunsRequest  # pylint: disable=C0415
+
+        run = self.client.ListRuns(ListRunsRequest(run_id=run_id)).run_dict[run_id]
+        return run.status.status, run.status.sub_status, run.status.details
+
+    def stop_run(self, run_id: int) -> None:
+        """Stop a run."""
+        from flwr.proto.control_pb2 import StopRunRequest  # pylint: disable=C0415
+
+        self.client.StopRun(StopRunRequest(run_id=run_id))

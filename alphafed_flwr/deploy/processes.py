@@ -1,0 +1,165 @@
+"""Starting, watching and stopping the Flower processes we launch."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO
+
+PARENT_PID_ENV = "ALPHAFED_PARENT_PID"
+
+
+def flower_env(flwr_home: Path, poll_interval: float | None = None) -> dict[str, str]:
+    """Environment for Flower processes: no network calls, a private ``FLWR_HOME``."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "FLWR_HOME": str(flwr_home),
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            PARENT_PID_ENV: str(os.getpid()),
+        }
+    )
+    if poll_interval is not None:
+        env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = str(max(poll_interval, 0.01))
+    return env
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(host: str, port: int) -> bool:
+    """Whether something accepts connections on ``host:port``."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class Managed:
+    """A child process in its own process group (stopping it stops its children too).
+
+    Parameters
+    ----------
+    name : str
+        Name used in messages.
+    command : Sequence[str]
+        The command line.
+    env : dict[str, str]
+        Environment.
+    cwd : Path
+        Working directory.
+    log : Path | None
+        File that receives the process's output (``None``: pass it through).
+    on_line : Callable[[str], None] | None
+        Called with each output line (the output is then read through a pipe).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        command: Sequence[str],
+        env: dict[str, str],
+        cwd: Path,
+        log: Path | None = None,
+        on_line: Callable[[str], None] | None = None,
+    ) -> None:
+        self.name = name
+        self._log: IO[bytes] | None = None
+        stdout: int | IO[bytes] | None = None
+        if on_line is not None:
+            stdout = subprocess.PIPE
+        elif log is not None:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            self._log = log.open("ab")
+            stdout = self._log
+        self.process = subprocess.Popen(  # noqa: S603 - our own command lines
+            list(command),
+            env=env,
+            cwd=cwd,
+            stdout=stdout,
+            stderr=subprocess.STDOUT if stdout is not None else None,
+            start_new_session=True,
+        )
+        self._reader: threading.Thread | None = None
+        if on_line is not None:
+            self._reader = threading.Thread(target=self._pump, args=(on_line,), daemon=True)
+            self._reader.start()
+
+    def _pump(self, on_line: Callable[[str], None]) -> None:
+        assert self.process.stdout is not None
+        for raw in self.process.stdout:
+            on_line(raw.decode(errors="replace").rstrip("\n"))
+
+    def alive(self) -> bool:
+        """Whether the process still runs."""
+        return self.process.poll() is None
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Wait for the process to end (``None`` on timeout); its output is read fully."""
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+        return code
+
+    def terminate(self) -> None:
+        """Send SIGTERM to the process group and return at once (safe in signal handlers)."""
+        _signal_group(self.process.pid, signal.SIGTERM)
+
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM the process group, then SIGKILL what is left after ``grace`` seconds."""
+        if self.alive():
+            _signal_group(self.process.pid, signal.SIGTERM)
+            if self.wait(grace) is None:
+                _signal_group(self.process.pid, signal.SIGKILL)
+                self.wait(5)
+        _signal_group(self.process.pid, signal.SIGKILL)  # leftover children of the group
+        if self._log is not None:
+            self._log.close()
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def exit_with_parent() -> None:
+    """In a launched process: end our process group when the launching process is gone."""
+    parent = int(os.environ.get(PARENT_PID_ENV, "0") or 0)
+    if not parent:
+        return
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            try:
+                os.kill(parent, 0)
+            except ProcessLookupError:
+                _signal_group(os.getpgid(0), signal.SIGTERM)
+                time.sleep(5)
+                _signal_group(os.getpgid(0), signal.SIGKILL)
+                return
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    """``python -m module args`` with this interpreter."""
+    return [sys.executable, "-m", module, *args]
