@@ -27,8 +27,8 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
-from .errors import ExchangeTimeout, StrategyError
-from .exchange import DEFAULT_POLL_INTERVAL, exchange, wait_for_nodes
+from .errors import ExchangeTimeout, NodesUnavailable, StrategyError
+from .exchange import DEFAULT_POLL_INTERVAL, exchange, pull, push
 from .payload import decode, encode
 
 HELLO = "query.hello"
@@ -183,24 +183,44 @@ class SplitLearning:
         return out
 
     def connect(self, grid: Grid, host: SplitLearningHost) -> dict[str, dict[str, Any]]:
-        """Wait for the collaborators and learn their feature keys."""
-        nodes = wait_for_nodes(grid, self.num_collaborators, self.schedule_timeout, "collaborators")
-        self.nodes = {f"node-{n}": n for n in nodes}
-        hello = self.send(grid, HELLO, {k: host.hello() for k in self.nodes}, "the hello", self.schedule_timeout)
-        keys: dict[str, int] = {}
+        """Greet connected nodes until ``num_collaborators`` have answered; learn their keys.
+
+        Nodes that do not answer (for example, a collaborator that died before a restart
+        and that the SuperLink still lists) are skipped; the wait is bounded by
+        ``schedule_timeout``.
+        """
+        deadline = time.monotonic() + self.schedule_timeout
+        pending: dict[str, int] = {}
+        greeted: set[int] = set()
         info: dict[str, dict[str, Any]] = {}
-        for temp_key, reply in hello.items():
-            key = str(reply.get("feature-key", ""))
-            if reply.get("role") != "collaborator":
-                raise StrategyError(f"node {self.nodes[temp_key]} is not a collaborator (role {reply.get('role')!r})")
-            if key == host.feature_key or key in keys:
-                raise StrategyError(f"feature_key '{key}' is used by more than one party; keys must be unique")
-            keys[key] = self.nodes[temp_key]
-            info[key] = reply
-        if len(keys) != self.num_collaborators:
-            raise StrategyError(
-                f"{len(keys)} collaborators answered, {self.num_collaborators} expected"
-            )
+        keys: dict[str, int] = {}
+        while len(keys) < self.num_collaborators:
+            new = [n for n in grid.get_node_ids() if n not in greeted]
+            if new:
+                greeted.update(new)
+                pending.update(push(grid, [
+                    Message(encode(host.hello()), n, HELLO, ttl=self.schedule_timeout) for n in new
+                ]))
+            res = pull(grid, pending, 0.5, self.poll_interval)
+            for mid in [m for m, n in pending.items() if n in res.replies]:
+                del pending[mid]
+            for node, reply in res.replies.items():
+                if reply.has_error():
+                    log(INFO, "Node %s did not answer the hello (%s); ignoring it", node, reply.error.reason)
+                    continue
+                payload = decode(reply.content)
+                key = str(payload.get("feature-key", ""))
+                if payload.get("role") != "collaborator":
+                    raise StrategyError(f"node {node} is not a collaborator (role {payload.get('role')!r})")
+                if key == host.feature_key or key in keys:
+                    raise StrategyError(f"feature_key '{key}' is used by more than one party; keys must be unique")
+                keys[key], info[key] = node, payload
+            if len(keys) < self.num_collaborators and time.monotonic() >= deadline:
+                raise NodesUnavailable(
+                    f"{len(keys)} of the {self.num_collaborators} collaborators answered within "
+                    f"{self.schedule_timeout:g}s (schedule_timeout): start the missing "
+                    "collaborators or raise schedule_timeout"
+                )
         self.nodes = dict(sorted(keys.items()))
         log(INFO, "Collaborators: %s", ", ".join(f"'{k}' (node {n})" for k, n in self.nodes.items()))
         return info
