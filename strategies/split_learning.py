@@ -86,8 +86,11 @@ class SplitLearningHost(Protocol):
     def is_finished(self, server_round: int) -> bool:
         """Whether the task ends after this round."""
 
-    def end_round(self, server_round: int, test: dict[str, float], seconds: float) -> None:
-        """Record the round (checkpoint, summary, progress line)."""
+    def end_round(
+        self, server_round: int, test: dict[str, float], seconds: float, stats: dict[str, float]
+    ) -> None:
+        """Record the round (checkpoint, summary, progress line); ``stats`` holds the
+        round's exchange count and timings (see ``SplitLearning.round_stats``)."""
 
 
 class SplitLearning:
@@ -132,7 +135,7 @@ class SplitLearning:
         self.poll_interval = poll_interval
         self.progress_every = progress_every
         self.nodes: dict[str, int] = {}
-        self.exchanges = 0
+        self.round_stats: dict[str, float] = {}
 
     def summary(self) -> None:
         """Log the configuration."""
@@ -166,7 +169,6 @@ class SplitLearning:
             for key, payload in payloads.items()
         ]
         res = exchange(grid, messages, timeout, self.poll_interval)
-        self.exchanges += 1
         by_node = {node: key for key, node in self.nodes.items()}
         if res.missing:
             silent = ", ".join(f"'{by_node[n]}' (node {n})" for n in res.missing)
@@ -180,6 +182,13 @@ class SplitLearning:
             if reply.has_error():
                 raise StrategyError(f"collaborator '{key}' failed during {what}: {reply.error.reason}")
             out[key] = decode(reply.content)
+        if message_type == EXCHANGE:
+            stats = self.round_stats
+            stats["exchanges"] = stats.get("exchanges", 0) + 1
+            stats["exchange-seconds"] = stats.get("exchange-seconds", 0.0) + res.seconds
+            for name in ("time-handler", "time-model"):  # collaborators work in parallel: max
+                slowest = max(float(r.get(name, 0.0)) for r in out.values())
+                stats[name] = stats.get(name, 0.0) + slowest
         return out
 
     def connect(self, grid: Grid, host: SplitLearningHost) -> dict[str, dict[str, Any]]:
@@ -241,11 +250,12 @@ class SplitLearning:
             log(INFO, "")
             log(INFO, "[ROUND %s/%s]", server_round, num_rounds)
             start = time.monotonic()
+            self.round_stats = {}
             test = self.run_round(grid, host, server_round)
             finished = server_round >= num_rounds or host.is_finished(server_round)
             if finished and not test:
                 test = self.run_test(grid, host, server_round, {})
-            host.end_round(server_round, test, time.monotonic() - start)
+            host.end_round(server_round, test, time.monotonic() - start, dict(self.round_stats))
             last = server_round
             if finished:
                 break

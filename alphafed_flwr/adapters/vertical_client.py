@@ -9,6 +9,7 @@ restarted task can resume.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,7 +162,14 @@ class VerticalCollaborator:
         return reply
 
     def exchange(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """Apply gradients, send features, finish the round, send test features."""
+        """Apply gradients, send features, finish the round, send test features.
+
+        The reply's ``time-handler`` and ``time-model`` (seconds in this handler, and in
+        the feature model and the user's generators) let the host tell transport, adapter
+        and user-code time apart.
+        """
+        started = time.perf_counter()
+        model_seconds = 0.0
         sched = self.sched
         server_round = int(payload["round"])
         sched.set_round(server_round)
@@ -172,7 +180,9 @@ class VerticalCollaborator:
         reply: dict[str, Any] = {}
         recorded: RecordedRound | None = None
         if payload.get("begin"):
+            tick = time.perf_counter()
             recorded = self._record(server_round)
+            model_seconds += time.perf_counter() - tick
             reply["batches"] = recorded.num_batches
         apply = list(payload.get("apply") or [])
         send = list(payload.get("send") or [])
@@ -180,6 +190,7 @@ class VerticalCollaborator:
             recorded = recorded or self.store.get(self.key, server_round) or self._record(server_round)
         model, optimizer = sched.feature_model, sched.feature_optimizer
         model.train()
+        tick = time.perf_counter()
         if apply and sched.is_feature_trainable:
             grads = payload.get("grads") or []
             if len(grads) != len(apply):
@@ -195,12 +206,17 @@ class VerticalCollaborator:
                 replay_features(model, recorded.batch(i), self._seed(server_round, i)) for i in send
             ]
             reply["digests"] = [recorded.digests[i] if i < len(recorded.digests) else "" for i in send]
+        model_seconds += time.perf_counter() - tick
         self._save_model()
         if payload.get("finish"):
             self._finish_round(server_round)
         if payload.get("test"):
+            tick = time.perf_counter()
             reply.update(self._test_features())
+            model_seconds += time.perf_counter() - tick
         sched.flush_outputs()
+        reply["time-model"] = model_seconds
+        reply["time-handler"] = time.perf_counter() - started
         return reply
 
     # ----- helpers -------------------------------------------------------------------------

@@ -111,6 +111,7 @@ class VerticalHost:
         self._test_data: list[tuple[torch.Tensor, Any]] = []
         self._intersection: list[str] = []
         self._finished = False
+        self._model_seconds = 0.0  # time in the host's own user code this round
 
     # ----- SplitLearningHost -----------------------------------------------------------
     def hello(self) -> dict[str, Any]:
@@ -177,10 +178,13 @@ class VerticalHost:
         """Pull the host's next training batch (its features keep their graph)."""
         assert self._generator is not None
         torch.manual_seed(batch_seed(self.settings.task_id, self.feature_key, self._round, self._batch_index))
+        start = time.perf_counter()
         try:
             item = guarded(f"{type(self.scheduler).__name__}.iterate_train_feature", next, self._generator)
         except StopIteration:
             return None
+        finally:
+            self._model_seconds += time.perf_counter() - start
         features, labels, ids = _unpack_host_item(item, "iterate_train_feature")
         self._batch = (features, labels)
         self._batch_index += 1
@@ -192,7 +196,9 @@ class VerticalHost:
         own, labels = self._batch
         leaves = {key: torch.from_numpy(np.array(arr, copy=True)).requires_grad_(True) for key, arr in features.items()}
         projection = {self.feature_key: own, **leaves}
+        start = time.perf_counter()
         call_user(self.scheduler, "train_a_batch", projection, labels)
+        self._model_seconds += time.perf_counter() - start
         grads = {}
         for key, leaf in leaves.items():
             if leaf.grad is None:
@@ -253,9 +259,20 @@ class VerticalHost:
             self._finished = True
         return self._finished
 
-    def end_round(self, server_round: int, test: dict[str, float], seconds: float) -> None:
-        """Checkpoint the host, record the round, print the progress line."""
-        self.summary.add_round({"round": server_round, "seconds": round(seconds, 3), "test": test})
+    def end_round(
+        self, server_round: int, test: dict[str, float], seconds: float, stats: dict[str, float]
+    ) -> None:
+        """Checkpoint the host, record the round (with its timings), print the progress line."""
+        stats = {**stats, "host-model-seconds": self._model_seconds}
+        self._model_seconds = 0.0
+        self.summary.add_round(
+            {
+                "round": server_round,
+                "seconds": round(seconds, 3),
+                "test": test,
+                "stats": {k: round(v, 4) for k, v in stats.items()},
+            }
+        )
         sched = self.scheduler
         arrays = {**module_arrays("feature", sched.feature_model), **module_arrays("infer", sched.infer_model)}
         finished = self._finished or server_round >= self.max_rounds
