@@ -120,8 +120,6 @@ class HorizontalClient:
         config = message.content.config_records.get("config", ConfigRecord())
         server_round = int(config.get("server-round", 1))  # type: ignore[arg-type]
         self.scheduler.set_round(server_round)
-        if self.settings.seed is not None:
-            torch.manual_seed(stable_seed(self.settings.seed, self.party, server_round))
         arrays = message.content.array_records.get("arrays")
         if arrays is not None:
             call_user(self.scheduler, "load_state_dict", arrays_to_state(arrays))
@@ -135,6 +133,8 @@ class HorizontalClient:
         optimizer = sched.optimizer
         if not self.settings.reset_optimizer:
             restore_optimizer(self.context.state, optimizer)
+        if self.settings.seed is not None:  # after every build: the same draws in any process
+            torch.manual_seed(stable_seed(self.settings.seed, self.party, sched.current_round))
         start = time.perf_counter()
         num_examples = sched.run_local_round()
         seconds = time.perf_counter() - start
