@@ -58,6 +58,29 @@ def exit_with(main: Callable[[Sequence[str] | None], int]) -> None:
     sys.exit(run_cli(main))
 
 
+def add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by the simulation and the server commands."""
+    parser.add_argument("--rounds", type=int, default=None, help="overrides max_rounds")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="makes partitioning, the initial model, sampling and local shuffling reproducible")
+    parser.add_argument("--partition", default="iid", choices=("iid", "dirichlet", "sample"),
+                        help="how clients split the training set (default iid)")
+    parser.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration")
+    parser.add_argument("--samples", type=int, default=32, help="samples per client with --partition sample")
+    parser.add_argument("--data-dir", default=None,
+                        help="data folder (get_dataset_dir; default: the offline MNIST subset)")
+    parser.add_argument("--task-id", default=None, help="task id (default: from launch_task)")
+    parser.add_argument("--reset-optimizer", action="store_true", help="fresh client optimizer state every round")
+    parser.add_argument("--unweighted", action="store_true",
+                        help="unweighted mean of client updates (AlphaFed's original rule)")
+    parser.add_argument("--client-eval", default="last", choices=("last", "test-rounds", "off"),
+                        help="when clients test the global model on their own data (default: the last round)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start over even if --out holds the checkpoint of an unfinished run")
+    parser.add_argument("--batches-per-exchange", type=int, default=1,
+                        help="vertical: batches per feature/gradient exchange (K, default 1)")
+
+
 def apply_config_file(
     parser: argparse.ArgumentParser, argv: Sequence[str] | None
 ) -> argparse.Namespace:

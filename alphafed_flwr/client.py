@@ -68,8 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run every message in Flower's fresh ClientApp process (slower: torch and "
                         "the task are loaded for every message)")
     p.add_argument("--poll-interval", type=float, default=0.05,
-                   help="cap in seconds of the SuperNode's fixed sleeps between pulls (default 0.05; "
-                        "0 keeps Flower's 3 s)")
+                   help="seconds between the SuperNode's polls: caps its fixed 3 s/0.5 s sleeps and sets "
+                        "its SuperExec's poll interval (default 0.05; 0 keeps Flower's defaults)")
     return p
 
 
@@ -217,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.info("Data check passed: %s", reason)
     flags = supernode_flags(args)
     config = node_config(args, out)
-    env = flower_env(out / ".flwr-node", poll_interval=0.05)
+    env = flower_env(out / ".flwr-node", poll_interval=args.poll_interval or None)
     worker, sock = (None, None) if args.no_warm_worker else start_worker(out, env)
     if sock is not None:
         config[SOCKET_KEY] = sock

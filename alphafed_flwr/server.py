@@ -34,7 +34,7 @@ from alphafed_flwr.api.errors import ConfigError, TaskFailed
 from alphafed_flwr.api.fed_avg import FedAvgScheduler
 from alphafed_flwr.api.hetero_nn import HeteroNNHostScheduler
 from alphafed_flwr.api.log import logger
-from alphafed_flwr.cli import exit_with
+from alphafed_flwr.cli import add_run_flags, exit_with
 from alphafed_flwr.deploy.bundle import build_fab
 from alphafed_flwr.deploy.control import Control
 from alphafed_flwr.deploy.processes import Managed, flower_env, python_module
@@ -51,7 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("task", nargs="?", help="FedAvg/FedSGD task file: path/to/task.py[:name]")
     p.add_argument("--host", help="vertical: the host's task file, path.py[:name]")
     p.add_argument("--collaborators", type=int, default=1, help="vertical: collaborators expected")
-    p.add_argument("--batches-per-exchange", type=int, default=1, help="vertical: K (default 1)")
     p.add_argument("--address", default="127.0.0.1:9092",
                    help="host:port the SuperLink binds (one HTTP(S) port for nodes and control)")
     p.add_argument("--out", required=True, help="output folder (made absolute)")
@@ -62,19 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node-public-key", action="append", default=[],
                    help="authorized SuperNode public key (OpenSSH EC); repeat per node; enables node "
                         "authentication (needs TLS)")
-    p.add_argument("--rounds", type=int, default=None, help="overrides max_rounds")
-    p.add_argument("--seed", type=int, default=None, help="seed of models and sampling")
-    p.add_argument("--partition", default="iid", choices=("iid", "dirichlet", "sample"),
-                   help="scheme for nodes started with --partition-id (default iid)")
-    p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration")
-    p.add_argument("--samples", type=int, default=32, help="samples per node with --partition sample")
-    p.add_argument("--data-dir", help="the server's data folder (its test data)")
-    p.add_argument("--task-id", help="task id (default: from launch_task)")
-    p.add_argument("--reset-optimizer", action="store_true", help="fresh client optimizer every round")
-    p.add_argument("--unweighted", action="store_true", help="unweighted mean of client updates")
-    p.add_argument("--client-eval", default="last", choices=("last", "test-rounds", "off"))
-    p.add_argument("--max-round-retries", type=int, default=3)
-    p.add_argument("--fresh", action="store_true", help="ignore a checkpoint in --out")
+    add_run_flags(p)
+    p.add_argument("--max-round-retries", type=int, default=3,
+                   help="retries of a round that gets too few valid results")
     p.add_argument("--poll-interval", type=float, default=0.05,
                    help="SuperExec polling interval in seconds (FLWR_SUPEREXEC_TASK_POLL_INTERVAL)")
     p.add_argument("--start-timeout", type=float, default=60.0,

@@ -95,6 +95,8 @@ class FedAvgScheduler(Scheduler):
         self.involve_aggregator = bool(involve_aggregator)
         self._model: nn.Module | None = None
         self._optimizer: Optimizer | None = None
+        self._user_train_loader: DataLoader | None = None
+        self._test_loader: DataLoader | None = None
         self._loaders: dict[str, DataLoader | None] = {}
         self._train_loader_hook: LoaderHook | None = None
         if not self.is_centralized:
@@ -107,26 +109,12 @@ class FedAvgScheduler(Scheduler):
     @property
     def model(self) -> nn.Module:
         """The model from ``build_model`` (built once)."""
-        if self._model is None:
-            self._model = call_user(self, "build_model")
-            if not isinstance(self._model, nn.Module):
-                raise ConfigError(
-                    f"{type(self).__name__}.build_model must return a torch.nn.Module, "
-                    f"got {type(self._model).__name__}"
-                )
-        return self._model
+        return self.lazy("_model", ("build_model",), nn.Module)
 
     @property
     def optimizer(self) -> Optimizer:
         """The optimizer from ``build_optimizer(model)`` (built once, lives across rounds)."""
-        if self._optimizer is None:
-            self._optimizer = call_user(self, "build_optimizer", self.model)
-            if not isinstance(self._optimizer, Optimizer):
-                raise ConfigError(
-                    f"{type(self).__name__}.build_optimizer must return a "
-                    f"torch.optim.Optimizer, got {type(self._optimizer).__name__}"
-                )
-        return self._optimizer
+        return self.lazy("_optimizer", ("build_optimizer",), Optimizer, self.model)
 
     @property
     def train_loader(self) -> DataLoader:
@@ -140,16 +128,12 @@ class FedAvgScheduler(Scheduler):
 
     def user_train_loader(self) -> DataLoader:
         """The training loader exactly as ``build_train_dataloader`` returns it (cached)."""
-        if "user-train" not in self._loaders:
-            self._loaders["user-train"] = self._build_loader("build_train_dataloader")
-        return self._loaders["user-train"]  # type: ignore[return-value]
+        return self.lazy("_user_train_loader", ("build_train_dataloader",), DataLoader)
 
     @property
     def test_loader(self) -> DataLoader:
         """The test loader from ``build_test_dataloader``."""
-        if "test" not in self._loaders:
-            self._loaders["test"] = self._build_loader("build_test_dataloader")
-        return self._loaders["test"]  # type: ignore[return-value]
+        return self.lazy("_test_loader", ("build_test_dataloader",), DataLoader)
 
     @property
     def validation_loader(self) -> DataLoader | None:
@@ -157,15 +141,6 @@ class FedAvgScheduler(Scheduler):
         if "validation" not in self._loaders:
             self._loaders["validation"] = call_user(self, "build_validation_dataloader")
         return self._loaders["validation"]
-
-    def _build_loader(self, method: str) -> DataLoader:
-        loader = call_user(self, method)
-        if not isinstance(loader, DataLoader):
-            raise ConfigError(
-                f"{type(self).__name__}.{method} must return a torch DataLoader, "
-                f"got {type(loader).__name__}"
-            )
-        return loader
 
     # ----- optional user methods -------------------------------------------------------
     def build_validation_dataloader(self) -> DataLoader | None:

@@ -92,24 +92,17 @@ class HeteroNNScheduler(Scheduler):
     @property
     def feature_model(self) -> nn.Module:
         """The feature model (built once)."""
-        if self._feature_model is None:
-            self._feature_model = _module(
-                self, self.call_first(("build_feature_model", "make_feature_model")), "feature model"
-            )
-        return self._feature_model
+        return self.lazy("_feature_model", ("build_feature_model", "make_feature_model"), nn.Module)
 
     @property
     def feature_optimizer(self) -> Optimizer:
         """The feature model's optimizer (built once)."""
-        if self._feature_optimizer is None:
-            self._feature_optimizer = _optimizer(
-                self,
-                self.call_first(
-                    ("build_feature_optimizer", "make_feature_optimizer"), self.feature_model
-                ),
-                "feature optimizer",
-            )
-        return self._feature_optimizer
+        return self.lazy(
+            "_feature_optimizer",
+            ("build_feature_optimizer", "make_feature_optimizer"),
+            Optimizer,
+            self.feature_model,
+        )
 
     @property
     def id_intersection(self) -> set[Any]:
@@ -184,50 +177,24 @@ class HeteroNNHostScheduler(HeteroNNScheduler):
         TEST_METHODS,
     )
 
-    def __init__(
-        self,
-        feature_key: str,
-        name: str | None = None,
-        max_rounds: int = 0,
-        calculation_timeout: int = 300,
-        schedule_timeout: int = 30,
-        log_rounds: int = 0,
-        is_feature_trainable: bool = True,
-        data_channel_timeout: Any = None,
-    ) -> None:
-        super().__init__(
-            feature_key=feature_key,
-            name=name,
-            max_rounds=max_rounds,
-            calculation_timeout=calculation_timeout,
-            schedule_timeout=schedule_timeout,
-            log_rounds=log_rounds,
-            is_feature_trainable=is_feature_trainable,
-            data_channel_timeout=data_channel_timeout,
-        )
-        self._infer_model: nn.Module | None = None
-        self._infer_optimizer: Optimizer | None = None
-        self._joint: JointOptimizer | None = None
+    _infer_model: nn.Module | None = None
+    _infer_optimizer: Optimizer | None = None
+    _joint: JointOptimizer | None = None
 
     @property
     def infer_model(self) -> nn.Module:
         """The infer model (built once)."""
-        if self._infer_model is None:
-            self._infer_model = _module(
-                self, self.call_first(("build_infer_model", "make_infer_model")), "infer model"
-            )
-        return self._infer_model
+        return self.lazy("_infer_model", ("build_infer_model", "make_infer_model"), nn.Module)
 
     @property
     def infer_optimizer(self) -> Optimizer:
         """The infer model's optimizer (built once)."""
-        if self._infer_optimizer is None:
-            self._infer_optimizer = _optimizer(
-                self,
-                self.call_first(("build_infer_optimizer", "make_infer_optimizer"), self.infer_model),
-                "infer optimizer",
-            )
-        return self._infer_optimizer
+        return self.lazy(
+            "_infer_optimizer",
+            ("build_infer_optimizer", "make_infer_optimizer"),
+            Optimizer,
+            self.infer_model,
+        )
 
     @property
     def optimizer(self) -> JointOptimizer:
@@ -290,20 +257,3 @@ class JointOptimizer:
         if self._host.is_feature_trainable:
             self._host.feature_optimizer.step()
         self._host.infer_optimizer.step()
-
-
-def _module(sched: Scheduler, value: Any, what: str) -> nn.Module:
-    if not isinstance(value, nn.Module):
-        raise ConfigError(
-            f"{type(sched).__name__}: the {what} must be a torch.nn.Module, got {type(value).__name__}"
-        )
-    return value
-
-
-def _optimizer(sched: Scheduler, value: Any, what: str) -> Optimizer:
-    if not isinstance(value, Optimizer):
-        raise ConfigError(
-            f"{type(sched).__name__}: the {what} must be a torch.optim.Optimizer, "
-            f"got {type(value).__name__}"
-        )
-    return value

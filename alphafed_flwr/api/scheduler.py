@@ -201,6 +201,20 @@ class Scheduler:
                 return call_user(self, name, *args)
         raise ConfigError(f"{type(self).__name__} implements none of {', '.join(names)}")
 
+    def lazy(self, attr: str, names: tuple[str, ...], kind: type, *args: Any) -> Any:
+        """``self.<attr>``, built once by the first of ``names`` the user implemented, and
+        checked to be an instance of ``kind`` (for ``model``, ``optimizer``, loaders...)."""
+        value = getattr(self, attr, None)
+        if value is None:
+            value = self.call_first(names, *args)
+            if not isinstance(value, kind):
+                raise ConfigError(
+                    f"{type(self).__name__}.{names[0]} must return a "
+                    f"{kind.__module__}.{kind.__qualname__}, got {type(value).__name__}"
+                )
+            setattr(self, attr, value)
+        return value
+
     def call_test(self, *args: Any) -> Any:
         """Run the user's ``test`` (or ``run_test``) and wrap its errors."""
         return self.call_first(TEST_METHODS, *args)

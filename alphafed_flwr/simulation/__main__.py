@@ -23,7 +23,7 @@ from pathlib import Path
 from alphafed_flwr.api.errors import ConfigError
 from alphafed_flwr.api.fed_avg import FedAvgScheduler
 from alphafed_flwr.api.log import logger
-from alphafed_flwr.cli import apply_config_file, exit_with
+from alphafed_flwr.cli import add_run_flags, apply_config_file, exit_with
 from alphafed_flwr.loader import load_object
 
 from .horizontal import SimulationOptions, simulate_horizontal
@@ -42,31 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--collaborator", action="append", default=None,
         help="vertical: a collaborator's task file (repeat for each collaborator)",
     )
-    parser.add_argument("--batches-per-exchange", type=int, default=1,
-                        help="vertical: batches per feature/gradient exchange (K, default 1)")
     parser.add_argument("--num-clients", type=int, default=3, help="virtual clients (default 3)")
-    parser.add_argument("--rounds", type=int, default=None, help="overrides max_rounds")
-    parser.add_argument("--partition", default="iid", choices=("iid", "dirichlet", "sample"),
-                        help="how clients split the training set (default iid)")
-    parser.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration")
-    parser.add_argument("--samples", type=int, default=32,
-                        help="samples per client with --partition sample")
-    parser.add_argument("--seed", type=int, default=None, help="makes the run reproducible")
     parser.add_argument("--out", default="runs/simulation", help="output folder")
-    parser.add_argument("--data-dir", default=None,
-                        help="data folder of every party (default: offline MNIST subset)")
-    parser.add_argument("--task-id", default=None, help="task id (default: from launch_task)")
-    parser.add_argument("--reset-optimizer", action="store_true",
-                        help="fresh client optimizer state every round")
-    parser.add_argument("--unweighted", action="store_true",
-                        help="unweighted mean of client updates (AlphaFed's original rule)")
-    parser.add_argument("--client-eval", default="last", choices=("last", "test-rounds", "off"),
-                        help="when clients test the global model on their own data "
-                             "(default: the last round)")
-    parser.add_argument("--fresh", action="store_true",
-                        help="start over even if --out holds the checkpoint of an unfinished run")
-    parser.add_argument("--cpus-per-client", type=float, default=1.0,
-                        help="Ray CPUs per virtual client (default 1)")
+    add_run_flags(parser)
+    parser.add_argument("--cpus-per-client", type=float, default=None,
+                        help="Ray CPUs per virtual client (default: 1 for FedAvg/FedSGD; the cores "
+                             "shared out among vertical collaborators)")
     return parser
 
 

@@ -52,8 +52,11 @@ class SimulationOptions:
         or ``off``.
     fresh : bool
         Ignore a checkpoint in ``out`` instead of resuming from it.
-    cpus_per_client : float
-        Ray CPUs per virtual client (sets how many run in parallel).
+    cpus_per_client : float | None
+        Ray CPUs per virtual client (sets how many run in parallel and their torch
+        threads); ``None``: 1 for FedAvg/FedSGD clients, which train in parallel, and the
+        machine's cores shared out for vertical collaborators, which take turns with the
+        host.
     task_id : str | None
         Task id (default: the scheduler's name or ``local-task``).
     batches_per_exchange : int
@@ -72,7 +75,7 @@ class SimulationOptions:
     weighted: bool = True
     client_eval: str = "last"
     fresh: bool = False
-    cpus_per_client: float = 1.0
+    cpus_per_client: float | None = None
     task_id: str | None = None
     batches_per_exchange: int = 1
 
@@ -149,5 +152,5 @@ def simulate_horizontal(scheduler: FedAvgScheduler, options: SimulationOptions) 
         options.partition,
         out,
     )
-    run_ray_simulation(server_app, client_app, options.num_clients, options.cpus_per_client)
+    run_ray_simulation(server_app, client_app, options.num_clients, options.cpus_per_client or 1.0)
     return summary

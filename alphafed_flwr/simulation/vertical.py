@@ -3,6 +3,7 @@ node per collaborator script."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -89,5 +90,6 @@ def simulate_vertical(
         ", ".join(f"'{c.feature_key}'" for c in collaborators),
         out,
     )
-    run_ray_simulation(server_app, client_app, len(collaborators), options.cpus_per_client)
+    cpus = options.cpus_per_client or max(1, (os.cpu_count() or 1) // len(collaborators))
+    run_ray_simulation(server_app, client_app, len(collaborators), cpus)
     return summary

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from mnist_common import ConvNet, evaluate, mnist
-from torch import nn, optim
+from mnist_common import MnistTask, mnist
 from torch.utils.data import DataLoader
 
-from alphafed import logger
-from alphafed.fed_avg import FedAvgScheduler, register_metrics
+from alphafed.fed_avg import FedAvgScheduler
 
 
-class MnistFedAvg(FedAvgScheduler):
+class MnistFedAvg(MnistTask, FedAvgScheduler):
     """The tutorial CNN trained with FedAvg."""
 
     def __init__(
@@ -48,33 +46,15 @@ class MnistFedAvg(FedAvgScheduler):
         self.learning_rate = learning_rate
         self.momentum = momentum
 
-    def build_model(self) -> nn.Module:
-        return ConvNet()
-
-    def build_optimizer(self, model: nn.Module) -> optim.Optimizer:
-        return optim.SGD(model.parameters(), lr=self.learning_rate, momentum=self.momentum)
-
     def build_train_dataloader(self) -> DataLoader:
         return DataLoader(mnist(self.task_id, train=True), batch_size=self.batch_size, shuffle=True)
-
-    def build_test_dataloader(self) -> DataLoader:
-        return DataLoader(mnist(self.task_id, train=False), batch_size=1000, shuffle=False)
 
     def train_an_epoch(self) -> None:
         self.model.train()
         for data, labels in self.train_loader:
             self.optimizer.zero_grad()
-            loss = F.nll_loss(self.model(data), labels)
-            loss.backward()
+            F.nll_loss(self.model(data), labels).backward()
             self.optimizer.step()
-
-    @register_metrics(name="test_results", keys=["loss", "accuracy"])
-    def run_test(self) -> None:
-        loss, accuracy = evaluate(self.model, self.test_loader)
-        logger.info(f"Round {self.current_round} test: loss {loss:.4f}, accuracy {accuracy:.2%}")
-        self.tb_writer.add_scalar("test_results/loss", loss, self.current_round)
-        self.tb_writer.add_scalar("test_results/accuracy", accuracy, self.current_round)
-        self.get_metrics("test_results").append_metrics_item({"loss": loss, "accuracy": accuracy})
 
 
 torch.manual_seed(42)

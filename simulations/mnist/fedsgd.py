@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from mnist_common import ConvNet, evaluate, mnist
-from torch import nn, optim
+from mnist_common import MnistTask, mnist
 from torch.utils.data import DataLoader
 
-from alphafed import logger
-from alphafed.fed_avg import FedSGDScheduler, register_metrics
+from alphafed.fed_avg import FedSGDScheduler
 
 
-class MnistFedSGD(FedSGDScheduler):
+class MnistFedSGD(MnistTask, FedSGDScheduler):
     """The tutorial CNN trained with FedSGD."""
 
     def __init__(self, min_clients: int = 1, max_rounds: int = 60, log_rounds: int = 10,
@@ -29,18 +27,9 @@ class MnistFedSGD(FedSGDScheduler):
         self.learning_rate = learning_rate
         self.momentum = momentum
 
-    def build_model(self) -> nn.Module:
-        return ConvNet()
-
-    def build_optimizer(self, model: nn.Module) -> optim.Optimizer:
-        return optim.SGD(model.parameters(), lr=self.learning_rate, momentum=self.momentum)
-
     def build_train_dataloader(self) -> DataLoader:
         data = mnist(self.task_id, train=True)
         return DataLoader(data, batch_size=len(data), shuffle=False)  # one full batch
-
-    def build_test_dataloader(self) -> DataLoader:
-        return DataLoader(mnist(self.task_id, train=False), batch_size=1000, shuffle=False)
 
     def train_an_epoch(self) -> None:
         self.model.train()
@@ -48,13 +37,6 @@ class MnistFedSGD(FedSGDScheduler):
             self.optimizer.zero_grad()
             F.nll_loss(self.model(data), labels).backward()
             self.optimizer.step()
-
-    @register_metrics(name="test_results", keys=["loss", "accuracy"])
-    def run_test(self) -> None:
-        loss, accuracy = evaluate(self.model, self.test_loader)
-        logger.info(f"Round {self.current_round} test: loss {loss:.4f}, accuracy {accuracy:.2%}")
-        self.tb_writer.add_scalar("test_results/accuracy", accuracy, self.current_round)
-        self.get_metrics("test_results").append_metrics_item({"loss": loss, "accuracy": accuracy})
 
 
 torch.manual_seed(42)

@@ -10,9 +10,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 import torchvision
-from torch import nn
+from torch import nn, optim
+from torch.utils.data import DataLoader
 
-from alphafed import get_dataset_dir
+from alphafed import get_dataset_dir, logger
+from alphafed.fed_avg import register_metrics
 
 MNIST_TRANSFORM = torchvision.transforms.Compose(
     [torchvision.transforms.ToTensor(), torchvision.transforms.Normalize((0.1307,), (0.3081,))]
@@ -57,3 +59,33 @@ def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader) -> tuple[flo
         correct += (output.argmax(dim=1) == labels).sum().item()
     size = len(loader.dataset)
     return loss / size, correct / size
+
+
+class MnistTask:
+    """What the FedAvg and FedSGD examples share: the tutorial CNN, SGD with the
+    scheduler's ``learning_rate``/``momentum``, the test set, and a test that logs and
+    records loss and accuracy (``metrics/test_results.csv``, TensorBoard)."""
+
+    learning_rate: float
+    momentum: float
+    task_id: str
+    current_round: int
+
+    def build_model(self) -> nn.Module:
+        return ConvNet()
+
+    def build_optimizer(self, model: nn.Module) -> optim.Optimizer:
+        return optim.SGD(model.parameters(), lr=self.learning_rate, momentum=self.momentum)
+
+    def build_test_dataloader(self) -> DataLoader:
+        return DataLoader(mnist(self.task_id, train=False), batch_size=1000, shuffle=False)
+
+    @register_metrics(name="test_results", keys=["loss", "accuracy"])
+    def run_test(self) -> None:
+        loss, accuracy = evaluate(self.model, self.test_loader)  # type: ignore[attr-defined]
+        logger.info(f"Round {self.current_round} test: loss {loss:.4f}, accuracy {accuracy:.2%}")
+        self.tb_writer.add_scalar("test_results/loss", loss, self.current_round)  # type: ignore[attr-defined]
+        self.tb_writer.add_scalar("test_results/accuracy", accuracy, self.current_round)  # type: ignore[attr-defined]
+        self.get_metrics("test_results").append_metrics_item(  # type: ignore[attr-defined]
+            {"loss": loss, "accuracy": accuracy}
+        )

@@ -63,6 +63,16 @@ def load(task_id: str, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     return mnist_tensors(get_dataset_dir(task_id), train)
 
 
+def local_ids(task_id: str, first_train: int, num_train: int | None, num_test: int | None) -> list[str]:
+    """This party's IDs: training samples from ``first_train`` on, then test samples."""
+    train, _ = load(task_id, train=True)
+    test, _ = load(task_id, train=False)
+    stop = min(first_train + (num_train or len(train)), len(train))
+    return [str(i) for i in range(first_train, stop)] + [
+        str(TEST_ID_OFFSET + i) for i in range(min(num_test or len(test), len(test)))
+    ]
+
+
 def split_ids(id_intersection: set) -> tuple[set, set]:
     """Training IDs are below ``TEST_ID_OFFSET``; returns sets of ints (as the tutorial)."""
     ids = {int(i) for i in id_intersection}

@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import torch
-from split_mnist import TEST_ID_OFFSET, HalfConvNet, batches, load, round_order, split_ids
+from split_mnist import (
+    TEST_ID_OFFSET,
+    HalfConvNet,
+    batches,
+    load,
+    local_ids,
+    round_order,
+    split_ids,
+)
 from torch import nn, optim
 
 from alphafed.hetero_nn import HeteroNNCollaboratorScheduler
@@ -28,13 +36,7 @@ class MnistCollaborator(HeteroNNCollaboratorScheduler):
         self.num_test = num_test
 
     def load_local_ids(self) -> list[str]:
-        train, _ = load(self.task_id, train=True)
-        test, _ = load(self.task_id, train=False)
-        stop = min(self.first_train_id + (self.num_train or len(train)), len(train))
-        num_test = min(self.num_test or len(test), len(test))
-        return [str(i) for i in range(self.first_train_id, stop)] + [
-            str(TEST_ID_OFFSET + i) for i in range(num_test)
-        ]
+        return local_ids(self.task_id, self.first_train_id, self.num_train, self.num_test)
 
     def split_dataset(self, id_intersection: set) -> tuple[set, set]:
         return split_ids(id_intersection)

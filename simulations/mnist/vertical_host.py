@@ -19,6 +19,7 @@ from split_mnist import (
     InferModel,
     batches,
     load,
+    local_ids,
     round_order,
     split_ids,
 )
@@ -57,13 +58,7 @@ class MnistHost(HeteroNNHostScheduler):
         self.num_test = num_test
 
     def load_local_ids(self) -> list[str]:
-        train, _ = load(self.task_id, train=True)
-        test, _ = load(self.task_id, train=False)
-        num_train = min(self.num_train or len(train), len(train))
-        num_test = min(self.num_test or len(test), len(test))
-        return [str(i) for i in range(num_train)] + [
-            str(TEST_ID_OFFSET + i) for i in range(num_test)
-        ]
+        return local_ids(self.task_id, 0, self.num_train, self.num_test)
 
     def split_dataset(self, id_intersection: set) -> tuple[set, set]:
         return split_ids(id_intersection)
