@@ -35,8 +35,7 @@ from alphafed_flwr.api.log import logger
 from alphafed_flwr.api.scheduler import DataChecker
 from alphafed_flwr.cli import exit_with
 from alphafed_flwr.deploy.processes import Managed, flower_env, free_port, python_module
-from alphafed_flwr.deploy.supernode import SLEEP_CAP_ENV
-from alphafed_flwr.deploy.worker import SOCKET_KEY
+from alphafed_flwr.deploy.latency import SLEEP_CAP_ENV
 from alphafed_flwr.loader import load_object
 
 EXIT_DATA_CHECK = 3
@@ -64,9 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task-id", default="local-task", help="task id given to the DataChecker")
     p.add_argument("--connect-timeout", type=float, default=300.0,
                    help="seconds to keep trying to reach the server (default 300)")
-    p.add_argument("--no-warm-worker", action="store_true",
-                   help="run every message in Flower's fresh ClientApp process (slower: torch and "
-                        "the task are loaded for every message)")
+    p.add_argument("--no-warm-executor", action="store_true",
+                   help="let Flower's SuperExec start a fresh ClientApp process for every message "
+                        "(slower: Python, torch and the task are loaded for every message)")
     p.add_argument("--poll-interval", type=float, default=0.05,
                    help="seconds between the SuperNode's polls: caps its fixed 3 s/0.5 s sleeps and sets "
                         "its SuperExec's poll interval (default 0.05; 0 keeps Flower's defaults)")
@@ -101,29 +100,6 @@ def node_config(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     return config
 
 
-def start_worker(out: Path, env: dict[str, str]) -> tuple[Managed | None, str | None]:
-    """Start the node's warm worker; return it and its socket (``None``s if it failed)."""
-    from alphafed_flwr.deploy.worker import READY_TIMEOUT  # pylint: disable=C0415
-
-    sock = out / "worker.sock"
-    sock.unlink(missing_ok=True)
-    worker = Managed(
-        "worker", python_module("alphafed_flwr.deploy.worker", "--socket", str(sock)), env, out,
-        log=out / "worker.log",
-    )
-    deadline = time.monotonic() + READY_TIMEOUT
-    while time.monotonic() < deadline and worker.alive() and not sock.exists():
-        time.sleep(0.1)
-    if sock.exists():
-        return worker, str(sock)
-    worker.stop()
-    logger.warning(
-        "The warm worker did not start within %gs (see %s); messages run in Flower's own "
-        "ClientApp processes", READY_TIMEOUT, out / "worker.log",
-    )
-    return None, None
-
-
 def supernode_flags(args: argparse.Namespace) -> list[str]:
     """TLS and authentication flags of the SuperNode."""
     if args.insecure:
@@ -142,6 +118,22 @@ def supernode_flags(args: argparse.Namespace) -> list[str]:
     return flags
 
 
+def print_line(line: str) -> None:
+    """Print a line of a child process's output, with the time (milliseconds)."""
+    now = time.time()
+    print(f"{time.strftime('%H:%M:%S', time.localtime(now))}.{int(now * 1000) % 1000:03d} {line}", flush=True)
+
+
+def start_executor(runtime_port: int, poll_interval: float, env: dict[str, str], out: Path) -> Managed:
+    """Start the node's warm executor (see ``alphafed_flwr.deploy.executor``)."""
+    return Managed(
+        "executor",
+        python_module("alphafed_flwr.deploy.executor", "--runtime-api-address", f"127.0.0.1:{runtime_port}",
+                      "--poll-interval", str(poll_interval or 1.0)),
+        env, out, on_line=print_line,
+    )
+
+
 class SuperNodeRunner:
     """Keeps one SuperNode running; restarts it when the server forgets it."""
 
@@ -154,7 +146,7 @@ class SuperNodeRunner:
         self.stopping = False
 
     def _line(self, line: str) -> None:
-        print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
+        print_line(line)
         if _AUTH_FAILURE.search(line):
             self.auth_failed.set()
         if _CONNECTED.search(line):
@@ -218,18 +210,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     flags = supernode_flags(args)
     config = node_config(args, out)
     env = flower_env(out / ".flwr-node", poll_interval=args.poll_interval or None)
-    worker, sock = (None, None) if args.no_warm_worker else start_worker(out, env)
-    if sock is not None:
-        config[SOCKET_KEY] = sock
     config_file = out / "node-config.toml"
     config_file.write_text(tomli_w.dumps(config))
     if args.poll_interval > 0:
         env[SLEEP_CAP_ENV] = str(args.poll_interval)
+    runtime_port = free_port()
     command = python_module(
         "alphafed_flwr.deploy.supernode", "--superlink", args.server, *flags,
-        "--node-config", str(config_file), "--port", str(free_port()),
+        "--node-config", str(config_file), "--host", "127.0.0.1", "--port", str(runtime_port),
         "--max-wait-time", str(args.connect_timeout),
     )
+    executor = None
+    if not args.no_warm_executor:
+        command += ["--isolation", "process"]
+        executor = start_executor(runtime_port, args.poll_interval, env, out)
     runner = SuperNodeRunner(command, env, out, args.connect_timeout)
     signal.signal(signal.SIGTERM, runner.request_stop)
     signal.signal(signal.SIGINT, runner.request_stop)
@@ -238,8 +232,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return runner.run()
     finally:
         runner.stop()
-        if worker is not None:
-            worker.stop()
+        if executor is not None:
+            executor.stop()
 
 
 if __name__ == "__main__":

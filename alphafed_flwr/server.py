@@ -37,6 +37,7 @@ from alphafed_flwr.api.log import logger
 from alphafed_flwr.cli import add_run_flags, exit_with
 from alphafed_flwr.deploy.bundle import build_fab
 from alphafed_flwr.deploy.control import Control
+from alphafed_flwr.deploy.latency import QUICK_PULLS_ENV
 from alphafed_flwr.deploy.processes import Managed, flower_env, python_module
 from alphafed_flwr.deploy.superlink import TOKEN_ENV
 from alphafed_flwr.loader import TaskRef, load_object
@@ -65,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-round-retries", type=int, default=3,
                    help="retries of a round that gets too few valid results")
     p.add_argument("--poll-interval", type=float, default=0.05,
-                   help="SuperExec polling interval in seconds (FLWR_SUPEREXEC_TASK_POLL_INTERVAL)")
+                   help="SuperExec polling interval in seconds (FLWR_SUPEREXEC_TASK_POLL_INTERVAL); below 1 "
+                        "the ServerApp also retries not-yet-available message objects quickly (default 0.05)")
     p.add_argument("--start-timeout", type=float, default=60.0,
                    help="seconds the SuperLink may take to start")
     return p
@@ -144,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     token = secrets.token_urlsafe(32)
     env = flower_env(out / ".flwr-server", args.poll_interval)
     env[TOKEN_ENV] = token
+    if args.poll_interval < 1.0:
+        env[QUICK_PULLS_ENV] = "1"
     command = python_module(
         "alphafed_flwr.deploy.superlink", "--host", host, "--port", str(port),
         "--database", str(out / "superlink.db"), "--disable-runtime-dependency-installation",

@@ -7,13 +7,15 @@ One server and one client (insecure, loopback) run ``simulations/mnist/fedavg.py
 per-round time is the median over rounds 2..N. Configurations, each adding to the previous:
 
 1. Flower's defaults: SuperExec polls every 1 s, the SuperNode sleeps 3 s after an empty
-   pull and polls its ClientApp every 0.5 s, every message starts a ClientApp process that
-   imports torch and loads the task;
-2. SuperExec poll interval 0.05 s (``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``, server and node);
-3. the SuperNode's fixed sleeps capped at 0.05 s;
-4. the warm worker (torch, the task and its data stay loaded on the node).
+   pull and polls its ClientApp every 0.5 s, a not-yet-available message object is retried
+   after 1 s, 2 s, 4 s..., every message starts a ClientApp process that imports torch and
+   loads the task;
+2. shorter waits (``alphafed_flwr.deploy.latency``): SuperExec poll 0.05 s, the SuperNode's
+   sleeps capped at 0.05 s, object pulls retried after 10 ms backing off to 0.25 s;
+3. the warm executor (``alphafed_flwr.deploy.executor``, the default): the node's ClientApp
+   tasks run in one long-lived process that keeps torch, the task and its data loaded.
 
-The server's own push/pull loop (5 ms) is used in all four.
+The server's own push/pull loop (5 ms) is used in all three.
 """
 
 from __future__ import annotations
@@ -28,10 +30,9 @@ from pathlib import Path
 from common import ROOT, default_data_dir, run_command
 
 CONFIGS = [
-    ("Flower defaults", {"server": ["--poll-interval", "1.0"], "client": ["--poll-interval", "0", "--no-warm-worker"]}),
-    ("+ SuperExec poll 0.05 s", {"server": [], "client": ["--poll-interval", "0", "--no-warm-worker"]}),
-    ("+ SuperNode sleeps capped", {"server": [], "client": ["--no-warm-worker"]}),
-    ("+ warm worker (default)", {"server": [], "client": []}),
+    ("Flower defaults", {"server": ["--poll-interval", "1.0"], "client": ["--poll-interval", "0", "--no-warm-executor"]}),
+    ("+ shorter waits", {"server": [], "client": ["--no-warm-executor"]}),
+    ("+ warm executor (default)", {"server": [], "client": []}),
 ]
 
 

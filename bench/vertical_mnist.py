@@ -98,7 +98,7 @@ def simulate(args: argparse.Namespace, k: int, out: Path) -> dict[str, Any]:
 
 
 def deploy(args: argparse.Namespace, k: int, out: Path) -> dict[str, Any]:
-    """Host and one collaborator as separate processes on loopback (insecure, warm worker)."""
+    """Host and one collaborator as separate processes on loopback (insecure, warm executor)."""
     import subprocess  # pylint: disable=import-outside-toplevel
 
     from alphafed_flwr.deploy.processes import free_port  # pylint: disable=C0415

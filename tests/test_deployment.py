@@ -24,7 +24,7 @@ def cluster(tmp_path: Path):  # noqa: ANN201
 def test_tls_node_authentication_and_a_guarded_control_api(cluster: Cluster, tiny_mnist: Path) -> None:
     root = cluster.root
     certs = make_certificates(root / "certs", ["127.0.0.1"], nodes=3)
-    task = write_fedavg(root, args="min_clients=2, max_rounds=2, log_rounds=1")
+    task = write_fedavg(root, args="min_clients=2, max_rounds=2, log_rounds=1, schedule_timeout=180")
     out = root / "run"
     tls = ["--ca-cert", str(certs["ca"])]
     server = cluster.server(
@@ -33,12 +33,13 @@ def test_tls_node_authentication_and_a_guarded_control_api(cluster: Cluster, tin
         "--node-public-key", str(root / "certs" / "node-1.pub"),
         "--node-public-key", str(root / "certs" / "node-2.pub"),
     )
-    for i in (1, 2):
-        cluster.client(f"client-{i}", *tls, "--node-key", str(certs[f"node-{i}"]),
-                       "--data-dir", str(tiny_mnist), "--partition-id", str(i - 1), "--num-partitions", "2")
+    # a node whose key the server does not know is refused while the server waits for nodes
     intruder = cluster.client("intruder", *tls, "--node-key", str(certs["node-3"]), "--data-dir", str(tiny_mnist))
     assert intruder.wait(120) == 1
     assert "the server refused this node's key" in intruder.text()
+    for i in (1, 2):
+        cluster.client(f"client-{i}", *tls, "--node-key", str(certs[f"node-{i}"]),
+                       "--data-dir", str(tiny_mnist), "--partition-id", str(i - 1), "--num-partitions", "2")
     # the Control API (start runs, register nodes) answers nobody without the server's token
     response = httpx.post(f"https://{cluster.address}/v1/control/list-runs", verify=str(certs["ca"]), content=b"")
     assert response.status_code == 403

@@ -6,7 +6,7 @@
   pickle ever crosses the network.
 
 Instances are cached per process and party (least recently used first out), so a Ray actor
-or a warm worker does not rebuild models and datasets for every message. Nothing that must
+or a warm executor does not rebuild models and datasets for every message. Nothing that must
 survive lives only in this cache: weights come with each message and optimizer state lives
 in the node's ``context.state``.
 """

@@ -19,7 +19,7 @@ _bundle: Path | None = None
 
 
 def use_bundle(path: Path | None) -> None:
-    """Set the bundle folder explicitly (the warm worker does, per forwarded message)."""
+    """Set the bundle folder explicitly (the warm executor does, per task)."""
     global _bundle  # noqa: PLW0603 - one message at a time per process
     _bundle = path
 
@@ -53,7 +53,9 @@ def _server_main(grid: Grid, context: Context) -> None:
     from alphafed_flwr.adapters.templates import TaskFileTemplate
     from alphafed_flwr.api.log import logger
     from alphafed_flwr.deploy.bundle import task_ref_in
+    from alphafed_flwr.deploy.latency import quick_object_pulls_if_asked
 
+    quick_object_pulls_if_asked()
     config = dict(context.run_config)
     ref = task_ref_in(bundle_dir())
     out = Path(str(config["out-dir"]))
@@ -180,23 +182,13 @@ def local_client_app() -> ClientApp:
     return _local_app
 
 
-def _dispatch(message: Message, context: Context) -> Message:
-    """Forward to the node's warm worker if it has one, else run here."""
-    from alphafed_flwr.deploy.worker import SOCKET_KEY, WorkerUnavailable, forward  # pylint: disable=C0415
-
-    path = _text(dict(context.node_config), SOCKET_KEY)
-    if path is not None:
-        try:
-            return forward(path, message, context, bundle_dir())
-        except WorkerUnavailable as exc:
-            from alphafed_flwr.api.log import logger  # pylint: disable=C0415
-
-            logger.warning("%s; running the message in this process", exc)
+def _run_here(message: Message, context: Context) -> Message:
     return local_client_app()(message, context)
 
 
-#: The bundle's ClientApp: light to import (no torch); messages go to the warm worker.
+#: The bundle's ClientApp for Flower's own SuperExec (``--no-warm-executor``): light to
+#: import; the adapters (and torch) load on the first message.
 client_app = ClientApp()
 for _type in ("train", "evaluate", "query.full_batch", "query.hello", "query.psi", "train.exchange"):
     _category, _, _action = _type.partition(".")
-    getattr(client_app, _category)(_action or "default")(_dispatch)
+    getattr(client_app, _category)(_action or "default")(_run_here)

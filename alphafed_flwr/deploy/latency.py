@@ -1,0 +1,55 @@
+"""Flower 1.41's fixed waits that dominate a message's round trip on loopback, and their caps.
+
+Measured on a 2-core machine (``bench/deployment_latency.py``): a SuperNode sleeps a
+hard-coded 3 s after every empty pull and polls for its ClientApp's reply every 0.5 s
+(``flwr.supernode.start_client_internal``); and every party that pulls a message's
+objects (the SuperNode from the SuperLink, the ClientApp from the SuperNode, the
+ServerApp's grid from the SuperLink) waits 1 s, then 2 s, 4 s... up to 10 s whenever an
+object has not arrived yet, which is the usual case right after a message is announced
+(``flwr.supercore.inflatable.inflatable_utils.pull_objects``). These helpers shorten
+those waits; they patch private parts of Flower 1.41, which the ``<1.42`` pin keeps valid.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import time
+import types
+
+SLEEP_CAP_ENV = "ALPHAFED_SUPERNODE_SLEEP_CAP"
+QUICK_PULLS_ENV = "ALPHAFED_QUICK_PULLS"  # set to "1" for the ServerApp (the server command does)
+PULL_INITIAL_BACKOFF = 0.01  # seconds; Flower's default is 1
+PULL_BACKOFF_CAP = 0.25  # seconds; Flower's default is 10
+
+
+def capped_time(cap: float) -> types.ModuleType:
+    """A stand-in for the ``time`` module whose ``sleep`` never exceeds ``cap`` seconds."""
+    shim = types.ModuleType("time")
+    shim.__dict__.update({k: getattr(time, k) for k in dir(time) if not k.startswith("__")})
+    shim.sleep = lambda seconds: time.sleep(min(seconds, cap))  # type: ignore[attr-defined]
+    return shim
+
+
+def cap_supernode_sleeps(cap: float) -> None:
+    """Cap the SuperNode's fixed sleeps (empty pull, reply polling) at ``cap`` seconds."""
+    internal = importlib.import_module("flwr.supernode.start_client_internal")
+    internal.time = capped_time(cap)  # type: ignore[attr-defined]
+
+
+def quick_object_pulls() -> None:
+    """Retry a not-yet-available object after 10 ms, backing off to 0.25 s (not 1 s to 10 s).
+
+    The number of tries is left unbounded; Flower's overall limit per pull (2 hours) stays.
+    """
+    utils = importlib.import_module("flwr.supercore.inflatable.inflatable_utils")
+    for function in (utils.pull_objects, utils.pull_and_inflate_object_from_tree):
+        function.__kwdefaults__.update(
+            initial_backoff=PULL_INITIAL_BACKOFF, backoff_cap=PULL_BACKOFF_CAP, max_tries_per_object=None
+        )
+
+
+def quick_object_pulls_if_asked() -> None:
+    """:func:`quick_object_pulls` if ``$ALPHAFED_QUICK_PULLS`` is ``1``."""
+    if os.environ.get(QUICK_PULLS_ENV) == "1":
+        quick_object_pulls()
