@@ -99,5 +99,11 @@ def exchange(
     timeout: float,
     poll_interval: float = DEFAULT_POLL_INTERVAL,
 ) -> ExchangeResult:
-    """Push ``messages`` and pull their replies (at most ``timeout`` seconds)."""
-    return pull(grid, push(grid, messages), timeout, poll_interval)
+    """Push ``messages`` and pull their replies (at most ``timeout`` seconds of pulling).
+
+    The result's ``seconds`` covers the push too (Flower's transport in deployment).
+    """
+    start = time.monotonic()
+    result = pull(grid, push(grid, messages), timeout, poll_interval)
+    result.seconds = time.monotonic() - start
+    return result
