@@ -2,7 +2,7 @@
 (batches per exchange) against the same split model trained centrally on the same batches.
 
     python bench/vertical_mnist.py [--rounds 20] [--ks 1 2 4 8 16] [--data-dir ../shared/data]
-    python bench/vertical_mnist.py --deployment [--deploy-rounds 2]   # adds loopback deployment
+    python bench/vertical_mnist.py --deployment [--deploy-rounds 3]   # adds loopback deployment
 
 Centralized: host and collaborator feature models and the infer model in one process, the
 same batches in the same order (``split_mnist.round_order``), the same Adam optimizers and
@@ -127,7 +127,8 @@ def main() -> None:
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     parser.add_argument("--data-dir", default=default_data_dir())
     parser.add_argument("--deployment", action="store_true", help="also run K=1 and the best K on loopback")
-    parser.add_argument("--deploy-rounds", type=int, default=2)
+    parser.add_argument("--deploy-rounds", type=int, default=3,
+                        help="deployment rounds; round 2 is the one without a test")
     parser.add_argument("--out", default="runs/bench/vertical")
     args = parser.parse_args()
     out = (ROOT / args.out).resolve()
