@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import numpy as np
 from flwr.app import Message
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
@@ -170,8 +171,13 @@ class SplitLearning:
         ]
         res = exchange(grid, messages, timeout, self.poll_interval)
         by_node = {node: key for key, node in self.nodes.items()}
-        if res.missing:
-            silent = ", ".join(f"'{by_node[n]}' (node {n})" for n in res.missing)
+        # a reply whose objects never arrived whole: its sender died while sending it
+        cut_off = [
+            node for node, reply in res.replies.items()
+            if reply.has_error() and reply.error.code == ErrorCode.MESSAGE_UNAVAILABLE
+        ]
+        if res.missing or cut_off:
+            silent = ", ".join(f"'{by_node[n]}' (node {n})" for n in sorted([*res.missing, *cut_off]))
             raise ExchangeTimeout(
                 f"no answer from collaborator {silent} within {timeout:g}s during {what}: "
                 "the party disappeared or is too slow (calculation_timeout)"

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from fakegrid import FakeGrid
+from flwr.app import Error, Message
+from flwr.common.constant import ErrorCode
 from vertical_tasks import (
     LABELS,
     X_LEFT,
@@ -118,14 +121,23 @@ def test_misaligned_batches_stop_with_a_clear_error(tmp_path: Path, collaborator
     assert '"status": "failed"' in (tmp_path / "summary.json").read_text()
 
 
-def test_a_silent_collaborator_is_named_with_its_batch(tmp_path: Path) -> None:
+def _cut_off(message: Message) -> Message:
+    """What Flower's grid returns when a reply's objects never arrived (its sender died sending it)."""
+    return Message(Error(code=ErrorCode.MESSAGE_UNAVAILABLE, reason="Reply message objects are unavailable."),
+                   reply_to=message)
+
+
+@pytest.mark.parametrize("silence", [lambda message: None, _cut_off], ids=["no reply", "reply cut off"])
+def test_a_silent_collaborator_is_named_with_its_batch(tmp_path: Path, silence: Callable) -> None:
     sources = [PickledTemplate(Collaborator())]
     app = collaborator_client_app(lambda ctx: sources[0], lambda ctx: CollaboratorSettings(TASK, str(tmp_path)))
     calls = {"n": 0}
 
     def flaky(message, context):  # noqa: ANN001, ANN202
         calls["n"] += 1
-        return None if message.metadata.message_type == "train.exchange" and calls["n"] > 6 else app(message, context)
+        if message.metadata.message_type == "train.exchange" and calls["n"] > 6:
+            return silence(message)
+        return app(message, context)
 
     grid = FakeGrid({100: flaky}, {100: {"partition-id": 0}})
     vertical = VerticalHost(Host(), VerticalSettings(out_dir=tmp_path, task_id=TASK, rounds=1))

@@ -53,9 +53,8 @@ def _server_main(grid: Grid, context: Context) -> None:
     from alphafed_flwr.adapters.templates import TaskFileTemplate
     from alphafed_flwr.api.log import logger
     from alphafed_flwr.deploy.bundle import task_ref_in
-    from alphafed_flwr.deploy.latency import quick_object_pulls_if_asked
+    from alphafed_flwr.deploy.latency import server_object_pulls
 
-    quick_object_pulls_if_asked()
     config = dict(context.run_config)
     ref = task_ref_in(bundle_dir())
     out = Path(str(config["out-dir"]))
@@ -72,6 +71,7 @@ def _server_main(grid: Grid, context: Context) -> None:
 
         host = TaskFileTemplate(ref, HeteroNNHostScheduler).new_instance()
         assert isinstance(host, HeteroNNHostScheduler)
+        server_object_pulls(float(host.calculation_timeout))
         settings = VerticalSettings(
             out_dir=out,
             task_id=str(config["task-id"]),
@@ -97,6 +97,7 @@ def _server_main(grid: Grid, context: Context) -> None:
     template = TaskFileTemplate(ref, FedAvgScheduler)
     scheduler = template.new_instance()
     assert isinstance(scheduler, FedAvgScheduler)
+    server_object_pulls(float(scheduler.calculation_timeout))
     settings_h = ServerSettings(
         out_dir=out,
         task_id=str(config["task-id"]),

@@ -37,19 +37,32 @@ def cap_supernode_sleeps(cap: float) -> None:
     internal.time = capped_time(cap)  # type: ignore[attr-defined]
 
 
+def _pull_defaults(**defaults: float | None) -> None:
+    utils = importlib.import_module("flwr.supercore.inflatable.inflatable_utils")
+    for function in (utils.pull_objects, utils.pull_and_inflate_object_from_tree):
+        function.__kwdefaults__.update(defaults)
+
+
 def quick_object_pulls() -> None:
     """Retry a not-yet-available object after 10 ms, backing off to 0.25 s (not 1 s to 10 s).
 
-    The number of tries is left unbounded; Flower's overall limit per pull (2 hours) stays.
+    The number of tries is left unbounded; the overall limit per pull (Flower's 2 hours,
+    or what :func:`bound_object_pulls` set) stays.
     """
-    utils = importlib.import_module("flwr.supercore.inflatable.inflatable_utils")
-    for function in (utils.pull_objects, utils.pull_and_inflate_object_from_tree):
-        function.__kwdefaults__.update(
-            initial_backoff=PULL_INITIAL_BACKOFF, backoff_cap=PULL_BACKOFF_CAP, max_tries_per_object=None
-        )
+    _pull_defaults(initial_backoff=PULL_INITIAL_BACKOFF, backoff_cap=PULL_BACKOFF_CAP, max_tries_per_object=None)
 
 
-def quick_object_pulls_if_asked() -> None:
-    """:func:`quick_object_pulls` if ``$ALPHAFED_QUICK_PULLS`` is ``1``."""
+def bound_object_pulls(max_time: float) -> None:
+    """Give up on a message whose objects have not all arrived within ``max_time`` seconds.
+
+    A sender killed while uploading its reply leaves objects that never arrive; Flower's
+    default wait for them is 2 hours. Flower then returns an error reply instead.
+    """
+    _pull_defaults(max_time=max_time)
+
+
+def server_object_pulls(max_time: float) -> None:
+    """The ServerApp's pulls: bounded by ``max_time``, quick if ``$ALPHAFED_QUICK_PULLS`` is ``1``."""
+    bound_object_pulls(max_time)
     if os.environ.get(QUICK_PULLS_ENV) == "1":
         quick_object_pulls()
