@@ -124,14 +124,42 @@ def print_line(line: str) -> None:
     print(f"{time.strftime('%H:%M:%S', time.localtime(now))}.{int(now * 1000) % 1000:03d} {line}", flush=True)
 
 
-def start_executor(runtime_port: int, poll_interval: float, env: dict[str, str], out: Path) -> Managed:
-    """Start the node's warm executor (see ``alphafed_flwr.deploy.executor``)."""
-    return Managed(
-        "executor",
-        python_module("alphafed_flwr.deploy.executor", "--runtime-api-address", f"127.0.0.1:{runtime_port}",
-                      "--poll-interval", str(poll_interval or 1.0)),
-        env, out, on_line=print_line,
-    )
+class ExecutorKeeper(threading.Thread):
+    """Keeps the node's warm executor (``alphafed_flwr.deploy.executor``) running.
+
+    With the SuperNode in ``process`` isolation nothing else would run the node's messages,
+    so an executor that dies (killed for memory, say) is started again at once.
+    """
+
+    CHECK_EVERY = 0.5  # seconds
+
+    def __init__(self, runtime_port: int, poll_interval: float, env: dict[str, str], out: Path) -> None:
+        super().__init__(daemon=True, name="executor-keeper")
+        self.command = python_module(
+            "alphafed_flwr.deploy.executor", "--runtime-api-address", f"127.0.0.1:{runtime_port}",
+            "--poll-interval", str(poll_interval or 1.0),
+        )
+        self.env, self.out = env, out
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self.executor = self._start()
+
+    def _start(self) -> Managed:
+        return Managed("executor", self.command, self.env, self.out, on_line=print_line)
+
+    def run(self) -> None:
+        while not self._stopping.wait(self.CHECK_EVERY):
+            with self._lock:
+                code = self.executor.process.poll()
+                if code is not None and not self._stopping.is_set():
+                    logger.warning("The warm executor stopped (exit %s); starting it again", code)
+                    self.executor = self._start()
+
+    def stop(self) -> None:
+        """Stop the executor and do not restart it."""
+        self._stopping.set()
+        with self._lock:
+            self.executor.stop()
 
 
 class SuperNodeRunner:
@@ -220,10 +248,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--node-config", str(config_file), "--host", "127.0.0.1", "--port", str(runtime_port),
         "--max-wait-time", str(args.connect_timeout),
     )
-    executor = None
+    keeper = None
     if not args.no_warm_executor:
         command += ["--isolation", "process"]
-        executor = start_executor(runtime_port, args.poll_interval, env, out)
+        keeper = ExecutorKeeper(runtime_port, args.poll_interval, env, out)
+        keeper.start()
     runner = SuperNodeRunner(command, env, out, args.connect_timeout)
     signal.signal(signal.SIGTERM, runner.request_stop)
     signal.signal(signal.SIGINT, runner.request_stop)
@@ -232,8 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return runner.run()
     finally:
         runner.stop()
-        if executor is not None:
-            executor.stop()
+        if keeper is not None:
+            keeper.stop()
 
 
 if __name__ == "__main__":
