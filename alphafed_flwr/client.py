@@ -34,13 +34,13 @@ from alphafed_flwr.api.hetero_nn import HeteroNNCollaboratorScheduler
 from alphafed_flwr.api.log import logger
 from alphafed_flwr.api.scheduler import DataChecker
 from alphafed_flwr.cli import exit_with
+from alphafed_flwr.compat import auth_failure_pattern
 from alphafed_flwr.deploy.processes import Managed, flower_env, free_port, python_module
 from alphafed_flwr.deploy.latency import SLEEP_CAP_ENV
 from alphafed_flwr.loader import load_object
 
 EXIT_DATA_CHECK = 3
 AUTH_GRACE = 20.0  # a server may still be registering keys when a node first connects
-_AUTH_FAILURE = re.compile(r"code: (2001|2004)\]|authentication is enabled|Failed to activate SuperNode")
 _CONNECTED = re.compile(r"Connection successful|Starting Flower SuperNode|Received", re.IGNORECASE)
 
 
@@ -169,13 +169,14 @@ class SuperNodeRunner:
         self.command, self.env, self.out = command, env, out
         self.connect_timeout = connect_timeout
         self.auth_failed = threading.Event()
+        self.auth_failure = auth_failure_pattern()
         self.connected = threading.Event()
         self.node: Managed | None = None
         self.stopping = False
 
     def _line(self, line: str) -> None:
         print_line(line)
-        if _AUTH_FAILURE.search(line):
+        if self.auth_failure.search(line):
             self.auth_failed.set()
         if _CONNECTED.search(line):
             self.connected.set()

@@ -88,10 +88,11 @@ class Task(threading.Thread):
         from flwr.app.error import Error
         from flwr.common.constant import ErrorCode, SubStatus
         from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
-        from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
+        from alphafed_flwr.compat import clientapp_task_io
         from alphafed_flwr.deploy.apps import local_client_app, use_bundle
 
+        pull_task_input, push_message, push_task_output = clientapp_task_io()
         client = _client(self.address, "flwr-clientapp", self.token)
         heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
         heartbeat.start()

@@ -7,15 +7,15 @@ objects (the SuperNode from the SuperLink, the ClientApp from the SuperNode, the
 ServerApp's grid from the SuperLink) waits 1 s, then 2 s, 4 s... up to 10 s whenever an
 object has not arrived yet, which is the usual case right after a message is announced
 (``flwr.supercore.inflatable.inflatable_utils.pull_objects``). These helpers shorten
-those waits; they patch private parts of Flower 1.41, which the ``<1.42`` pin keeps valid.
+those waits through :mod:`alphafed_flwr.compat`, which checks the private parts of Flower
+they patch.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
-import time
-import types
+
+from alphafed_flwr import compat
 
 SLEEP_CAP_ENV = "ALPHAFED_SUPERNODE_SLEEP_CAP"
 QUICK_PULLS_ENV = "ALPHAFED_QUICK_PULLS"  # set to "1" for the ServerApp (the server command does)
@@ -23,24 +23,9 @@ PULL_INITIAL_BACKOFF = 0.01  # seconds; Flower's default is 1
 PULL_BACKOFF_CAP = 0.25  # seconds; Flower's default is 10
 
 
-def capped_time(cap: float) -> types.ModuleType:
-    """A stand-in for the ``time`` module whose ``sleep`` never exceeds ``cap`` seconds."""
-    shim = types.ModuleType("time")
-    shim.__dict__.update({k: getattr(time, k) for k in dir(time) if not k.startswith("__")})
-    shim.sleep = lambda seconds: time.sleep(min(seconds, cap))  # type: ignore[attr-defined]
-    return shim
-
-
 def cap_supernode_sleeps(cap: float) -> None:
     """Cap the SuperNode's fixed sleeps (empty pull, reply polling) at ``cap`` seconds."""
-    internal = importlib.import_module("flwr.supernode.start_client_internal")
-    internal.time = capped_time(cap)  # type: ignore[attr-defined]
-
-
-def _pull_defaults(**defaults: float | None) -> None:
-    utils = importlib.import_module("flwr.supercore.inflatable.inflatable_utils")
-    for function in (utils.pull_objects, utils.pull_and_inflate_object_from_tree):
-        function.__kwdefaults__.update(defaults)
+    compat.cap_supernode_sleeps(cap)
 
 
 def quick_object_pulls() -> None:
@@ -49,7 +34,7 @@ def quick_object_pulls() -> None:
     The number of tries is left unbounded; the overall limit per pull (Flower's 2 hours,
     or what :func:`bound_object_pulls` set) stays.
     """
-    _pull_defaults(initial_backoff=PULL_INITIAL_BACKOFF, backoff_cap=PULL_BACKOFF_CAP, max_tries_per_object=None)
+    compat.set_pull_defaults(initial_backoff=PULL_INITIAL_BACKOFF, backoff_cap=PULL_BACKOFF_CAP, max_tries_per_object=None)
 
 
 def bound_object_pulls(max_time: float) -> None:
@@ -58,7 +43,7 @@ def bound_object_pulls(max_time: float) -> None:
     A sender killed while uploading its reply leaves objects that never arrive; Flower's
     default wait for them is 2 hours. Flower then returns an error reply instead.
     """
-    _pull_defaults(max_time=max_time)
+    compat.set_pull_defaults(max_time=max_time)
 
 
 def server_object_pulls(max_time: float) -> None:

@@ -1,0 +1,389 @@
+"""Every use of a private Flower name, in one place, checked at start-up.
+
+alphafed-flwr patches or reads a few private parts of Flower. Each one is listed here with
+a check of the shape it relies on (the function or attribute exists, with the expected
+parameters, and is used the way the patch assumes). :func:`check_flower` runs the checks
+(all, or some groups) and raises :class:`FlowerCompatError`, naming every failed check and
+the supported Flower versions, if Flower changed: a patch never silently does nothing, and
+the guarded SuperLink never starts unguarded. The deployment commands run it on every
+start and log the result.
+
+Verified against Flower 1.41.0 and 1.42.0: ``start_client_internal.py``,
+``inflatable_utils.py``, ``run_clientapp.py``, ``flower_superlink.py``, ``config_loader.py``,
+``vce_api.py`` and the strategies are byte-identical; ``superlink/main.py`` differs only by
+a tracing middleware (``create_app`` has the same signature).
+
+Groups
+------
+``supernode``
+    The SuperNode's hard-coded sleeps (``start_client_internal``'s ``time``) and the object
+    pulls' retry defaults (``pull_objects.__kwdefaults__``).
+``superlink``
+    The SuperLink's configuration parser, ``create_app`` and lifespan class, from which
+    ``deploy.superlink`` builds its own two listeners.
+``executor``
+    ``run_clientapp``'s task input/output functions (the warm executor).
+``auth``
+    The error codes and message format of a SuperNode refused by the SuperLink.
+``simulation``
+    The simulation engine's 0.1 s poll of the link state (``vce_api``).
+``strategies``
+    Server-side state attributes of Flower's strategies (``current_arrays``, ``m_t``,
+    ``v_t``, ``momentum_vector``).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import re
+import threading
+import time
+import types
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+SUPPORTED_VERSIONS = ("1.41", "1.42")
+GROUPS = ("supernode", "superlink", "executor", "auth", "simulation", "strategies")
+
+
+class FlowerCompatError(RuntimeError):
+    """The installed Flower lacks a private piece alphafed-flwr relies on."""
+
+
+def _module(name: str) -> types.ModuleType:
+    return importlib.import_module(name)
+
+
+def flower_version() -> str:
+    """The installed Flower version."""
+    import flwr  # pylint: disable=import-outside-toplevel
+
+    return str(flwr.__version__)
+
+
+def _keyword_params(function: Callable[..., Any], names: Iterable[str]) -> None:
+    params = inspect.signature(function).parameters
+    for name in names:
+        if name not in params or params[name].kind is not inspect.Parameter.KEYWORD_ONLY:
+            raise AssertionError(f"{function.__qualname__} has no keyword-only parameter '{name}'")
+
+
+def _params(function: Callable[..., Any], names: Iterable[str]) -> None:
+    got = list(inspect.signature(function).parameters)
+    if got[: len(list(names))] != list(names):
+        raise AssertionError(f"{function.__qualname__}{inspect.signature(function)}: expected parameters {list(names)}")
+
+
+def _attribute_calls(module: types.ModuleType, owner: str, attribute: str) -> int:
+    """How many ``owner.attribute(...)`` calls the module's source makes."""
+    tree = ast.parse(inspect.getsource(module))
+    return sum(
+        1
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == attribute
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == owner
+    )
+
+
+# --------------------------------------------------------------------------- supernode
+SUPERNODE_INTERNAL = "flwr.supernode.start_client_internal"
+INFLATABLE_UTILS = "flwr.supercore.inflatable.inflatable_utils"
+PULL_PARAMETERS = ("max_time", "max_tries_per_object", "initial_backoff", "backoff_cap")
+
+
+def _check_supernode() -> None:
+    internal = _module(SUPERNODE_INTERNAL)
+    if not isinstance(getattr(internal, "time", None), types.ModuleType):
+        raise AssertionError(f"{SUPERNODE_INTERNAL} no longer imports the time module as 'time'")
+    if _attribute_calls(internal, "time", "sleep") < 2:
+        raise AssertionError(f"{SUPERNODE_INTERNAL} no longer sleeps through time.sleep (3 s and 0.5 s)")
+    utils = _module(INFLATABLE_UTILS)
+    for function in (utils.pull_objects, utils.pull_and_inflate_object_from_tree):
+        _keyword_params(function, PULL_PARAMETERS)
+        if function.__kwdefaults__ is None:
+            raise AssertionError(f"{function.__qualname__} has no keyword defaults")
+
+
+def capped_time(cap: float) -> types.ModuleType:
+    """A stand-in for the ``time`` module whose ``sleep`` never exceeds ``cap`` seconds."""
+    shim = types.ModuleType("time")
+    shim.__dict__.update({k: getattr(time, k) for k in dir(time) if not k.startswith("__")})
+    shim.sleep = lambda seconds: time.sleep(min(seconds, cap))  # type: ignore[attr-defined]
+    return shim
+
+
+def cap_supernode_sleeps(cap: float) -> None:
+    """Cap the SuperNode's fixed sleeps (3 s after an empty pull, 0.5 s reply polls) at ``cap``."""
+    check_flower("supernode")
+    _module(SUPERNODE_INTERNAL).time = capped_time(cap)  # type: ignore[attr-defined]
+
+
+def set_pull_defaults(**defaults: float | None) -> None:
+    """Change the retry defaults of Flower's object pulls (``PULL_PARAMETERS`` only)."""
+    check_flower("supernode")
+    unknown = set(defaults) - set(PULL_PARAMETERS)
+    if unknown:
+        raise ValueError(f"unknown pull parameters {sorted(unknown)}")
+    utils = _module(INFLATABLE_UTILS)
+    for function in (utils.pull_objects, utils.pull_and_inflate_object_from_tree):
+        function.__kwdefaults__.update(defaults)
+
+
+# --------------------------------------------------------------------------- superlink
+SUPERLINK_CLI = "flwr.superlink.cli.flower_superlink"
+SUPERLINK_MAIN = "flwr.superlink.main"
+CONFIG_FIELDS = ("host", "port", "insecure", "ssl_keyfile", "ssl_certfile", "isolation", "certificates")
+ROUTE_PREFIXES = {
+    "flwr.superlink.routers.fleet.router": "/v1/fleet",
+    "flwr.superlink.routers.control.router": "/v1/control",
+    "flwr.supercore.routers.runtime.responses": "/v1/runtime",
+}
+
+
+def _check_superlink() -> None:
+    cli = _module(SUPERLINK_CLI)
+    _params(cli._parse_superlink_lifespan_config, [])  # pylint: disable=protected-access
+    if not inspect.isclass(cli.SuperLinkLifespan):
+        raise AssertionError("SuperLinkLifespan is not a class")
+    _params(_module(SUPERLINK_MAIN).create_app, ["config", "superlink_lifespan_class"])
+    fields = set(getattr(_module("flwr.superlink.config_loader").SuperLinkLifespanConfig, "__dataclass_fields__", {}))
+    missing = [f for f in CONFIG_FIELDS if f not in fields]
+    if missing:
+        raise AssertionError(f"SuperLinkLifespanConfig lacks {missing}")
+    if _module("flwr.common.constant").ISOLATION_MODE_PROCESS != "process":
+        raise AssertionError("the SuperLink's 'process' isolation mode is gone")
+    _params(_module("flwr.supercore.http_logging").get_uvicorn_log_config, ["log_level"])
+    for module, prefix in ROUTE_PREFIXES.items():
+        if _module(module).router.prefix != prefix:
+            raise AssertionError(f"{module}'s routes moved from {prefix}")
+
+
+def superlink_lifespan_config() -> Any:
+    """Flower's SuperLink configuration, parsed from ``sys.argv`` as ``flower-superlink`` does."""
+    check_flower("superlink")
+    return _module(SUPERLINK_CLI)._parse_superlink_lifespan_config()  # pylint: disable=protected-access
+
+
+def superlink_app(config: Any) -> Any:
+    """Flower's SuperLink FastAPI app (Fleet, Control and runtime APIs) for ``config``."""
+    check_flower("superlink")
+    return _module(SUPERLINK_MAIN).create_app(config, _module(SUPERLINK_CLI).SuperLinkLifespan)
+
+
+def uvicorn_log_config() -> dict[str, Any]:
+    """The uvicorn logging configuration ``flower-superlink`` uses."""
+    from flwr.supercore.logger import console_handler  # pylint: disable=import-outside-toplevel
+
+    return dict(_module("flwr.supercore.http_logging").get_uvicorn_log_config(console_handler.level))
+
+
+# --------------------------------------------------------------------------- executor
+RUN_CLIENTAPP = "flwr.supernode.runtime.run_clientapp"
+
+
+def _check_executor() -> None:
+    run = _module(RUN_CLIENTAPP)
+    _params(run.pull_task_input, ["client"])
+    _params(run.push_message, ["client", "message", "context"])
+    _params(run.push_task_output, ["client", "context", "sub_status", "details"])
+
+
+def clientapp_task_io() -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
+    """``run_clientapp``'s ``pull_task_input``, ``push_message`` and ``push_task_output``."""
+    check_flower("executor")
+    run = _module(RUN_CLIENTAPP)
+    return run.pull_task_input, run.push_message, run.push_task_output
+
+
+# --------------------------------------------------------------------------- auth
+FLEET_HTTP_CONNECTION = "flwr.supernode.fleet_http_connection"
+_AUTH_CODES = ("FLEET_SUPERNODE_REGISTRATION_DISABLED", "FLEET_NODE_ACTIVATION_FAILED")
+
+
+def _check_auth() -> None:
+    source = inspect.getsource(_module(FLEET_HTTP_CONNECTION))
+    if '"[code: {flower_error.code}] {flower_error.message}"' not in source.replace("f\"", "\""):
+        raise AssertionError(f"{FLEET_HTTP_CONNECTION} no longer logs refusals as '[code: N] message'")
+    auth_failure_pattern()
+
+
+def auth_failure_pattern() -> re.Pattern[str]:
+    """Matches the SuperNode's log line when the SuperLink refuses its key.
+
+    Built from Flower's own error codes and messages (``ApiErrorCode``, the error catalog),
+    so it follows them; :func:`check_flower` checks the line format.
+    """
+    errors = _module("flwr.supercore.error.base")
+    catalog = _module("flwr.supercore.error.catalog")
+    codes = [getattr(errors.ApiErrorCode, name) for name in _AUTH_CODES]
+    specs = catalog.API_ERROR_MAP
+    messages = [specs[code].public_message for code in codes]
+    parts = [re.escape(f"[code: {int(code)}]") for code in codes] + [re.escape(m) for m in messages]
+    return re.compile("|".join(parts))
+
+
+# --------------------------------------------------------------------------- simulation
+VCE_API = "flwr.server.superlink.fleet.vce.vce_api"
+
+
+def _check_simulation() -> None:
+    vce = _module(VCE_API)
+    _params(vce.add_messages_to_queue, ["state", "queue", "nodes_mapping", "f_stop"])
+    if "add_messages_to_queue" not in vce.run_api.__code__.co_names:
+        raise AssertionError("vce_api.run_api no longer calls add_messages_to_queue")
+
+
+def set_simulation_poll(interval: float) -> None:
+    """Make the simulation engine poll the link state every ``interval`` s (Flower: 0.1 s)."""
+    check_flower("simulation")
+    vce = _module(VCE_API)
+
+    def add_messages_to_queue(state: Any, queue: Any, nodes_mapping: Any, f_stop: threading.Event) -> None:
+        while not f_stop.is_set():
+            for node_id in nodes_mapping.keys():
+                for msg in state.get_message_ins(node_id=node_id, limit=1):
+                    queue.put(msg)
+            f_stop.wait(interval)
+
+    vce.add_messages_to_queue = add_messages_to_queue
+
+
+# --------------------------------------------------------------------------- strategies
+STRATEGY_STATE = ("current_arrays", "m_t", "v_t", "momentum_vector")
+_STATEFUL = {
+    "FedAdam": ("current_arrays", "m_t", "v_t"),
+    "FedYogi": ("current_arrays", "m_t", "v_t"),
+    "FedAdagrad": ("current_arrays", "m_t", "v_t"),
+    "FedAvgM": ("current_arrays", "momentum_vector"),
+}
+
+
+def _check_strategies() -> None:
+    strategy = _module("flwr.serverapp.strategy")
+    for name, attributes in _STATEFUL.items():
+        instance = getattr(strategy, name)()
+        missing = [a for a in attributes if not hasattr(instance, a)]
+        if missing:
+            raise AssertionError(f"{name}() has no {missing}")
+
+
+def get_strategy_state(strategy: Any) -> dict[str, dict[str, np.ndarray]]:
+    """The server-side state of a Flower strategy as named numpy arrays.
+
+    Parameters
+    ----------
+    strategy : Any
+        A Flower strategy (``FedAdam``, ``FedAvgM``, ...; others have no such state).
+
+    Returns
+    -------
+    dict[str, dict[str, np.ndarray]]
+        For each of ``STRATEGY_STATE`` the strategy holds (and is not ``None``), its arrays
+        by key (a list is keyed ``"0"``, ``"1"``, ...).
+    """
+    check_flower("strategies")
+    state: dict[str, dict[str, np.ndarray]] = {}
+    for attribute in STRATEGY_STATE:
+        value = getattr(strategy, attribute, None)
+        if value is None:
+            continue
+        if isinstance(value, Mapping):
+            state[attribute] = {str(k): _numpy(v) for k, v in value.items()}
+        elif isinstance(value, list):
+            state[attribute] = {str(i): np.asarray(v) for i, v in enumerate(value)}
+        else:
+            raise TypeError(f"{type(strategy).__name__}.{attribute} is a {type(value).__name__}")
+    return state
+
+
+def _numpy(value: Any) -> np.ndarray:
+    return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
+
+
+def set_strategy_state(
+    strategy: Any, state: Mapping[str, Mapping[str, np.ndarray]], reset_absent: bool = False
+) -> None:
+    """Restore what :func:`get_strategy_state` returned, in the types the strategy uses.
+
+    ``current_arrays`` becomes an ``ArrayRecord`` where the strategy keeps one (FedAvgM),
+    else a dict of arrays; ``momentum_vector`` a list; ``m_t``/``v_t`` dicts. With
+    ``reset_absent``, state attributes the strategy has but ``state`` lacks become ``None``
+    (what they were when :func:`get_strategy_state` skipped them).
+    """
+    check_flower("strategies")
+    from flwr.app import Array, ArrayRecord  # pylint: disable=import-outside-toplevel
+
+    unknown = set(state) - set(STRATEGY_STATE)
+    if unknown:
+        raise ValueError(f"unknown strategy state {sorted(unknown)}")
+    for attribute, arrays in state.items():
+        if not hasattr(strategy, attribute):
+            raise ValueError(f"{type(strategy).__name__} keeps no '{attribute}'")
+        if attribute == "momentum_vector":
+            value: Any = [np.asarray(arrays[str(i)]) for i in range(len(arrays))]
+        elif attribute == "current_arrays" and not _keeps_dict(strategy):
+            value = ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in arrays.items()})
+        else:
+            value = {k: np.asarray(v) for k, v in arrays.items()}
+        setattr(strategy, attribute, value)
+    if reset_absent:
+        for attribute in STRATEGY_STATE:
+            if attribute not in state and hasattr(strategy, attribute):
+                setattr(strategy, attribute, None)
+
+
+def _keeps_dict(strategy: Any) -> bool:
+    fedopt = _module("flwr.serverapp.strategy.fedopt").FedOpt
+    return isinstance(strategy, fedopt)
+
+
+# --------------------------------------------------------------------------- checks
+_CHECKS: dict[str, Callable[[], None]] = {
+    "supernode": _check_supernode,
+    "superlink": _check_superlink,
+    "executor": _check_executor,
+    "auth": _check_auth,
+    "simulation": _check_simulation,
+    "strategies": _check_strategies,
+}
+_passed: set[str] = set()
+
+
+def check_flower(*groups: str) -> str:
+    """Check the private Flower pieces of ``groups`` (all if none); return a one-line report.
+
+    Raises
+    ------
+    FlowerCompatError
+        Naming each failed check, the installed Flower and the supported versions.
+    """
+    wanted = groups or GROUPS
+    failures = []
+    for group in wanted:
+        if group in _passed:
+            continue
+        try:
+            _CHECKS[group]()
+            _passed.add(group)
+        except KeyError:
+            raise ValueError(f"unknown compatibility group '{group}' (one of {GROUPS})") from None
+        except Exception as exc:  # noqa: BLE001 - any failure to find a piece is a mismatch
+            failures.append(f"{group}: {exc}")
+    version = flower_version()
+    if failures:
+        raise FlowerCompatError(
+            f"Flower {version} lacks private pieces alphafed-flwr patches ("
+            + "; ".join(failures)
+            + f"). Supported Flower versions: {', '.join(v + '.x' for v in SUPPORTED_VERSIONS)}; "
+            f"install one with: pip install 'flwr[simulation]>={SUPPORTED_VERSIONS[0]},<1.43'"
+        )
+    supported = ".".join(version.split(".")[:2]) in SUPPORTED_VERSIONS
+    note = "" if supported else f" (not a tested version: {', '.join(SUPPORTED_VERSIONS)})"
+    return f"Flower {version}: private pieces checked ({', '.join(wanted)}){note}"

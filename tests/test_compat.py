@@ -1,0 +1,200 @@
+"""The private Flower pieces in alphafed_flwr.compat: checked, and each patch takes effect."""
+
+from __future__ import annotations
+
+import importlib
+import queue
+import threading
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from alphafed_flwr import compat
+
+
+@pytest.fixture
+def restore_flower():  # noqa: ANN201 - undo the patches after each test
+    internal = importlib.import_module(compat.SUPERNODE_INTERNAL)
+    utils = importlib.import_module(compat.INFLATABLE_UTILS)
+    vce = importlib.import_module(compat.VCE_API)
+    pulls = {f: dict(f.__kwdefaults__) for f in (utils.pull_objects, utils.pull_and_inflate_object_from_tree)}
+    saved = (internal.time, vce.add_messages_to_queue)
+    yield
+    internal.time, vce.add_messages_to_queue = saved
+    for function, defaults in pulls.items():
+        function.__kwdefaults__ = defaults
+
+
+def test_installed_flower_passes_every_check() -> None:
+    report = compat.check_flower()
+    assert report.startswith(f"Flower {compat.flower_version()}: private pieces checked")
+    assert ".".join(compat.flower_version().split(".")[:2]) in compat.SUPPORTED_VERSIONS
+    assert "not a tested version" not in report
+
+
+def test_a_changed_flower_fails_loudly_naming_the_supported_versions(monkeypatch: pytest.MonkeyPatch) -> None:
+    cli = importlib.import_module(compat.SUPERLINK_CLI)
+    monkeypatch.setattr(compat, "_passed", set())
+    monkeypatch.delattr(cli, "_parse_superlink_lifespan_config")
+    with pytest.raises(compat.FlowerCompatError, match=r"superlink: .*Supported Flower versions: 1\.41\.x, 1\.42\.x"):
+        compat.check_flower("superlink")
+    with pytest.raises(compat.FlowerCompatError):  # the guarded SuperLink never starts unguarded
+        compat.superlink_lifespan_config()
+
+
+def test_a_renamed_pull_parameter_fails_the_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    utils = importlib.import_module(compat.INFLATABLE_UTILS)
+
+    def pull_objects(object_ids, pull_object_fn, *, max_time=None, max_tries_per_object=None, initial_delay=1.0, backoff_cap=1.0):  # noqa: ANN001, ANN202
+        return {}
+
+    monkeypatch.setattr(compat, "_passed", set())
+    monkeypatch.setattr(utils, "pull_objects", pull_objects)
+    with pytest.raises(compat.FlowerCompatError, match="initial_backoff"):
+        compat.set_pull_defaults(initial_backoff=0.01)
+
+
+def test_supernode_sleeps_are_capped(monkeypatch: pytest.MonkeyPatch, restore_flower: None) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+    compat.cap_supernode_sleeps(0.05)
+    internal = importlib.import_module(compat.SUPERNODE_INTERNAL)
+    internal.time.sleep(3)  # what start_client_internal calls after an empty pull
+    internal.time.sleep(0.01)
+    assert slept == [0.05, 0.01]
+
+
+class _RecordingEvent(threading.Event):
+    waits: list[float] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        _RecordingEvent.waits.append(timeout)
+        return super().wait(0)
+
+
+def test_object_pull_backoff_defaults_take_effect(monkeypatch: pytest.MonkeyPatch, restore_flower: None) -> None:
+    utils = importlib.import_module(compat.INFLATABLE_UTILS)
+    ObjectUnavailableError = utils.ObjectUnavailableError
+
+    compat.set_pull_defaults(initial_backoff=0.01, backoff_cap=0.015, max_tries_per_object=None)
+    monkeypatch.setattr(utils, "threading", types.SimpleNamespace(Event=_RecordingEvent, Lock=threading.Lock))
+    monkeypatch.setattr(utils.random, "uniform", lambda a, b: 0.0)
+    _RecordingEvent.waits = []
+    failures = iter(range(3))
+
+    def pull(object_id: str) -> bytes:
+        if next(failures, None) is not None:
+            raise ObjectUnavailableError(object_id)
+        return b"x"
+
+    assert utils.pull_objects(["a"], pull) == {"a": b"x"}
+    assert _RecordingEvent.waits == [0.01, 0.015, 0.015]
+    # the tree variant passes its own defaults down explicitly: patched too
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(utils, "pull_objects", lambda ids, fn, **kw: seen.update(kw) or {})
+    with pytest.raises(Exception):  # noqa: B017 - nothing to inflate; only the forwarded defaults matter
+        utils.pull_and_inflate_object_from_tree(_Tree(), pull, lambda _: None)
+    assert seen["initial_backoff"] == 0.01 and seen["backoff_cap"] == 0.015
+
+
+class _Tree:
+    object_id = "a"
+    children: list[object] = []
+
+
+def test_object_pulls_bounded_in_time(restore_flower: None) -> None:
+    utils = importlib.import_module(compat.INFLATABLE_UTILS)
+    ObjectUnavailableError = utils.ObjectUnavailableError
+
+    compat.set_pull_defaults(max_time=0.0)
+
+    def never(object_id: str) -> bytes:
+        raise ObjectUnavailableError(object_id)
+
+    with pytest.raises(utils.ObjectPullError):  # Flower's default would retry for 2 hours
+        utils.pull_objects(["a"], never)
+
+
+def test_simulation_poll_interval_takes_effect(restore_flower: None) -> None:
+    vce = importlib.import_module(compat.VCE_API)
+    compat.set_simulation_poll(0.02)
+    stop = _RecordingEvent()
+    _RecordingEvent.waits = []
+
+    class State:
+        def get_message_ins(self, node_id: int, limit: int) -> list[str]:
+            stop.set()  # one pass is enough
+            return [f"msg-{node_id}"]
+
+    box: queue.Queue[str] = queue.Queue()
+    stop.clear()
+    vce.add_messages_to_queue(State(), box, {7: 0}, stop)
+    assert box.get_nowait() == "msg-7"
+    assert _RecordingEvent.waits == [0.02]
+    assert "add_messages_to_queue" in vce.run_api.__code__.co_names  # run_api looks it up at call time
+
+
+def test_auth_failure_lines_match_what_flower_logs() -> None:
+    from flwr.supercore.error import ApiErrorCode
+    from flwr.supercore.error.catalog import API_ERROR_MAP
+
+    pattern = compat.auth_failure_pattern()
+    for code in (ApiErrorCode.FLEET_SUPERNODE_REGISTRATION_DISABLED, ApiErrorCode.FLEET_NODE_ACTIVATION_FAILED):
+        # the line fleet_http_connection logs when the SuperLink refuses the node
+        assert pattern.search(f"Failed to initialize the connection.\n[code: {int(code)}] {API_ERROR_MAP[code].public_message}")
+    assert not pattern.search("[code: 2008] Failed to get run.")
+    assert not pattern.search("Connection successful")
+
+
+def test_executor_uses_flowers_task_io() -> None:
+    run = importlib.import_module(compat.RUN_CLIENTAPP)
+    assert compat.clientapp_task_io() == (run.pull_task_input, run.push_message, run.push_task_output)
+
+
+def test_superlink_app_comes_from_flower(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.argv", ["flower-superlink", "--insecure", "--isolation", "process",
+                                     "--database", str(tmp_path / "db.sqlite")])
+    config = compat.superlink_lifespan_config()
+    assert (config.isolation, config.insecure) == ("process", True)
+    app = compat.superlink_app(config)
+    from fastapi.routing import iter_route_contexts
+
+    paths = {context.path for context in iter_route_contexts(app.routes)}
+    assert {p.split("/")[2] for p in paths if p.startswith("/v1/")} >= {"fleet", "control", "runtime"}
+    assert compat.uvicorn_log_config()["version"] == 1
+
+
+@pytest.mark.parametrize("name", ["FedAdam", "FedYogi", "FedAdagrad", "FedAvgM"])
+def test_strategy_state_round_trip(name: str) -> None:
+    from flwr.app import Array, ArrayRecord
+    from flwr.serverapp import strategy as flower_strategies
+
+    source = getattr(flower_strategies, name)()
+    weights = {"w": np.arange(4, dtype=np.float32), "b": np.ones(2, dtype=np.float32)}
+    if name == "FedAvgM":
+        source.current_arrays = ArrayRecord({k: Array(v) for k, v in weights.items()})
+        source.momentum_vector = [np.full(4, 0.5, np.float32), np.zeros(2, np.float32)]
+    else:
+        source.current_arrays = dict(weights)
+        source.m_t = {k: v * 2 for k, v in weights.items()}
+        source.v_t = {k: v * 3 for k, v in weights.items()}
+    state = compat.get_strategy_state(source)
+    target = getattr(flower_strategies, name)()
+    compat.set_strategy_state(target, state)
+    assert compat.get_strategy_state(target).keys() == state.keys()
+    for attribute, arrays in state.items():
+        got = compat.get_strategy_state(target)[attribute]
+        assert all(np.array_equal(got[k], v) for k, v in arrays.items())
+        assert type(getattr(target, attribute)) is type(getattr(source, attribute))
+
+
+def test_strategy_state_refuses_unknown_attributes() -> None:
+    from flwr.serverapp.strategy import FedAvg
+
+    with pytest.raises(ValueError, match="keeps no 'm_t'"):
+        compat.set_strategy_state(FedAvg(), {"m_t": {"w": np.zeros(1)}})
+    with pytest.raises(ValueError, match="unknown strategy state"):
+        compat.set_strategy_state(FedAvg(), {"secret": {}})
