@@ -87,9 +87,11 @@ def test_configuration_errors(kwargs: dict, message: str) -> None:
         Complete(**kwargs)
 
 
-def test_fedsgd_refuses_max_clients_and_merge_epochs() -> None:
-    with pytest.raises(ConfigError, match="takes no merge_epochs"):
-        type("S", (FedSGDScheduler,), dict(Complete.__dict__))(merge_epochs=2)
+@pytest.mark.parametrize("argument", ["max_clients", "merge_epochs"])
+def test_fedsgd_refuses_max_clients_and_merge_epochs(argument: str) -> None:
+    fedsgd = type("S", (FedSGDScheduler,), dict(Complete.__dict__))
+    with pytest.raises(ConfigError, match=f"takes no {argument}"):
+        fedsgd(**{argument: 2})
 
 
 def test_lazy_resources_are_built_once() -> None:

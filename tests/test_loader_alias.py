@@ -26,8 +26,11 @@ def test_alias_names_are_our_modules() -> None:
     assert hetero.HeteroNNHostScheduler.__module__ == "alphafed_flwr.api.hetero_nn"
     from alphafed import get_dataset_dir, logger  # noqa: F401
 
-    with pytest.raises(ImportError, match="no Flower counterpart"):
-        importlib.import_module("alphafed.fed_prox")
+    assert importlib.import_module("alphafed.fed_prox.scheduler") is importlib.import_module(
+        "alphafed.fed_prox"
+    )
+    with pytest.raises(ImportError, match="platform messaging.*scheduler subclass.*instead"):
+        importlib.import_module("alphafed.contractor")
 
 
 def test_the_alias_is_active_in_a_fresh_interpreter() -> None:
@@ -60,7 +63,9 @@ def test_task_refs_and_their_errors(tmp_path: Path) -> None:
 def test_a_class_reference_is_instantiated_when_it_needs_no_arguments(tmp_path: Path) -> None:
     path = write_fedavg(tmp_path)
     loaded = load_object(f"{path}:TinyTask", FedAvgScheduler)
-    assert type(loaded.obj).__name__ == "TinyTask" and loaded.obj is not None
+    assert isinstance(loaded.obj, loaded.module.TinyTask)
+    assert loaded.obj is not loaded.module.scheduler  # a new instance, not the launched one
+    assert loaded.task_id is None and loaded.obj._model is None
 
 
 def test_cli_errors_are_one_clear_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

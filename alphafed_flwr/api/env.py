@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 DATA_DIR_ENV = "ALPHAFED_DATA_DIR"
 CACHE_DIR_ENV = "ALPHAFED_CACHE_DIR"
 
@@ -32,6 +34,9 @@ class RunEnvironment:
         The task id (from ``launch_task(task_id=...)`` or the scheduler's name).
     extra : dict[str, str]
         Other node settings (for example a node's ``--node-config`` entries).
+    device : str | None
+        Default torch device of this party's scheduler (``Scheduler.device``); ``None``:
+        the CPU.
     """
 
     role: str
@@ -40,6 +45,7 @@ class RunEnvironment:
     data_dir: Path | None = None
     task_id: str = "local-task"
     extra: dict[str, str] = field(default_factory=dict)
+    device: str | None = None
 
     @property
     def tensorboard_dir(self) -> Path | None:
@@ -59,6 +65,12 @@ def set_environment(env: RunEnvironment | None) -> None:
 def current_environment() -> RunEnvironment | None:
     """The environment set by the adapter, or ``None`` outside a run."""
     return _current
+
+
+def default_device(env: RunEnvironment | None) -> torch.device:
+    """The device a scheduler uses unless its code sets ``self.device``: ``env.device``,
+    else the CPU."""
+    return torch.device(env.device if env is not None and env.device else "cpu")
 
 
 def default_cache_dir() -> Path:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import traceback
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 class AlphaFedError(Exception):
@@ -59,3 +61,41 @@ def _is_user_file(path: Path) -> bool:
     except ValueError:
         return "/lib/python" not in text
     return False
+
+
+class NotProvidedError(AlphaFedError, ImportError):
+    """An AlphaFed SDK name that alphafed-flwr does not provide (yet).
+
+    Parameters
+    ----------
+    name : str
+        The SDK name (``alphafed.fed_avg.DPFedAvgScheduler``, ``alphafed.contractor``).
+    gap : str
+        Why it is missing (no Flower counterpart, or the issue that will add it).
+    instead : str
+        What to use instead.
+    """
+
+    def __init__(self, name: str, gap: str, instead: str) -> None:
+        self.gap = gap
+        self.instead = instead
+        super().__init__(f"{name} {gap}; {instead}", name=name)
+
+
+def missing_names(module: str, entries: dict[str, tuple[str, str]]) -> Callable[[str], Any]:
+    """A module ``__getattr__`` raising ``NotProvidedError`` for the names in ``entries``.
+
+    Parameters
+    ----------
+    module : str
+        The module's name (for the ``AttributeError`` of other names).
+    entries : dict[str, tuple[str, str]]
+        ``{name: (gap, instead)}``, as for ``NotProvidedError``.
+    """
+
+    def __getattr__(name: str) -> Any:
+        if name in entries:
+            raise NotProvidedError(name, *entries[name])
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+    return __getattr__

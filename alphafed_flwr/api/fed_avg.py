@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch import Tensor, nn
@@ -160,6 +161,17 @@ class FedAvgScheduler(Scheduler):
         super().validate_context()
 
     # ----- used by adapters ------------------------------------------------------------
+    def apply_round_config(self, config: Mapping[str, Any]) -> None:
+        """Take what the strategy sent with a round's training message (its config record)
+        before local training. Default: nothing (``FedProxScheduler`` reads ``proximal-mu``).
+
+        Parameters
+        ----------
+        config : Mapping[str, Any]
+            The training message's config record (``server-round`` and strategy keys).
+        """
+        del config
+
     def set_train_loader_hook(self, hook: LoaderHook | None) -> None:
         """Transform the user's training loader (for example, to one partition)."""
         self._train_loader_hook = hook
@@ -248,3 +260,17 @@ def dataset_size(loader: DataLoader) -> int:
             "the training loader's dataset has no len(); alphafed-flwr weights clients by "
             "sample count and partitions datasets by index, so use a map-style Dataset"
         ) from exc
+
+
+#: Schedulers of other issues, re-exported lazily so that their modules can replace the
+#: placeholders without touching this one (``from alphafed.fed_avg import ...``).
+_ELSEWHERE = {
+    "DPFedAvgScheduler": "alphafed_flwr.api.dp_fed_avg",
+    "SecureFedAvgScheduler": "alphafed_flwr.api.secure_fed_avg",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ELSEWHERE:
+        return getattr(importlib.import_module(_ELSEWHERE[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,13 +20,14 @@ then replays the recorded inputs with the real model, batch by batch, in later m
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterable
 from typing import Any
 
 from torch import nn
 from torch.optim import Optimizer
 
-from .errors import ConfigError
+from .errors import ConfigError, NotProvidedError
 from .scheduler import TEST_METHODS, Scheduler, call_user
 
 __all__ = ["HeteroNNCollaboratorScheduler", "HeteroNNHostScheduler", "JointOptimizer"]
@@ -168,7 +169,20 @@ class HeteroNNHostScheduler(HeteroNNScheduler):
     name, max_rounds, calculation_timeout, schedule_timeout, log_rounds,
     is_feature_trainable, data_channel_timeout
         As for ``HeteroNNScheduler``.
+    label_protection : Any (default: None)
+        Defences of the labels against the collaborators, on the gradients sent to them,
+        and the per-round leak audit: an ``alphafed_flwr.label_protection.LabelProtection``
+        or a dict of its parameters (``{"noise": 1.0, "clip": 0.01}``).
+    exchange_codecs : Any (default: None)
+        Compression of the exchanged arrays: one codec for both ways (``"int8"``) or
+        ``{"features": "fp16", "gradients": "topk:0.1"}`` (``float32``, ``fp16``, ``int8``,
+        ``topk:FRACTION``; see ``alphafed_flwr.strategies.codecs``). ``None``: float32.
     """
+
+    def __init__(self, *args: Any, label_protection: Any = None, exchange_codecs: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.label_protection = label_protection
+        self.exchange_codecs = exchange_codecs
 
     REQUIRED_METHODS = COMMON_METHODS + (
         ("build_infer_model", "make_infer_model"),
@@ -219,6 +233,9 @@ class HeteroNNCollaboratorScheduler(HeteroNNScheduler):
         Whether this collaborator's feature model is updated with the host's gradients.
     data_channel_timeout : Any
         Accepted and ignored.
+    embedding_dp : Any (default: None)
+        Differential privacy on the features this party sends (clipping plus Gaussian
+        noise): an ``alphafed_flwr.label_protection.EmbeddingDP`` or a dict of its parameters.
     """
 
     def __init__(
@@ -228,6 +245,7 @@ class HeteroNNCollaboratorScheduler(HeteroNNScheduler):
         schedule_timeout: int = 30,
         is_feature_trainable: bool = True,
         data_channel_timeout: Any = None,
+        embedding_dp: Any = None,
     ) -> None:
         super().__init__(
             feature_key=feature_key,
@@ -236,6 +254,7 @@ class HeteroNNCollaboratorScheduler(HeteroNNScheduler):
             is_feature_trainable=is_feature_trainable,
             data_channel_timeout=data_channel_timeout,
         )
+        self.embedding_dp = embedding_dp
 
 
 class JointOptimizer:
@@ -257,3 +276,30 @@ class JointOptimizer:
         if self._host.is_feature_trainable:
             self._host.feature_optimizer.step()
         self._host.infer_optimizer.step()
+
+
+#: Secure HeteroNN (issue 14), re-exported lazily so that its module can replace the
+#: placeholders without touching this one (``from alphafed.hetero_nn import ...``).
+_ELSEWHERE = {
+    "SecureHeteroNNHostScheduler": "alphafed_flwr.api.secure_hetero_nn",
+    "SecureHeteroNNCollaboratorScheduler": "alphafed_flwr.api.secure_hetero_nn",
+}
+
+#: AlphaFed's RSA PSI schedulers: alphafed-flwr runs its own PSI for every HeteroNN task.
+_PSI_NAMES = ("RSAPSIInitiatorScheduler", "RSAPSICollaboratorScheduler")
+PSI_GAP = (
+    "is AlphaFed's RSA-based PSI; alphafed-flwr runs its own private set intersection "
+    "(alphafed_flwr.psi, X25519 blinding) at the start of every HeteroNN task"
+)
+PSI_INSTEAD = (
+    "implement load_local_ids() and split_dataset() on your HeteroNN scheduler instead, "
+    "or call alphafed_flwr.psi directly"
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ELSEWHERE:
+        return getattr(importlib.import_module(_ELSEWHERE[name]), name)
+    if name in _PSI_NAMES:
+        raise NotProvidedError(name, PSI_GAP, PSI_INSTEAD)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,21 +3,33 @@
 from __future__ import annotations
 
 import importlib
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
-from .env import RunEnvironment, current_environment
-from .errors import ConfigError, UserCodeError
-from .metrics import MetricsGroup, csv_path_for, declared_metrics, numeric_items
+import torch
 
-__all__ = ["ConfigError", "DataChecker", "Scheduler", "TaskComplete", "launch_capture"]
+from .env import RunEnvironment, current_environment, default_device
+from .errors import ConfigError, TaskFailed, UserCodeError
+from .fs import party_root
+from .loggers import logger, task_logger
+from .metrics import MetricsGroup, csv_path_for, declared_metrics, numeric_items
+from .mock import current_mock
+
+__all__ = ["ConfigError", "DataChecker", "Scheduler", "TaskComplete", "TaskFailed", "launch_capture"]
 
 # Who runs a scheduler whose script calls launch_task() outside our tools.
 DIRECT_LAUNCHER = "alphafed_flwr.simulation.local:launch_directly"
 
-_captures: list[list[tuple[Scheduler, str | None]]] = []
+_captures: list[list[tuple[Any, str | None]]] = []
+
+#: Roles whose scheduler is AlphaFed's aggregator (``is_aggregator``).
+AGGREGATOR_ROLES = ("server", "host")
+
+#: File in a party's root folder (``alphafed.fs.get_root_dir``) that keeps its push_log.
+PUSH_LOG_FILE = "push_log.log"
 
 
 @contextmanager
@@ -106,15 +118,79 @@ class Scheduler:
         """The round being run, starting at 1."""
         return self._round
 
+    @current_round.setter
+    def current_round(self, value: int) -> None:
+        self._round = _check_int("current_round", value, 1)
+
     @property
     def task_id(self) -> str:
         """The task id given to ``launch_task``, else the name, else ``"local-task"``."""
-        env = self._env or current_environment()
+        env = self._party_env()
         if self._task_id:
             return self._task_id
         if self.name:
             return self.name
         return env.task_id if env else "local-task"
+
+    @task_id.setter
+    def task_id(self, value: str | None) -> None:
+        self._task_id = value
+
+    @property
+    def id(self) -> str:
+        """This party's id: ``server``, ``client-<partition>``, a feature key, ``local``
+        outside a run (AlphaFed: the node id). Assignable."""
+        if "_id" in self.__dict__:
+            return self.__dict__["_id"]
+        env = self._party_env()
+        return env.party if env is not None else "local"
+
+    @id.setter
+    def id(self, value: str) -> None:
+        self.__dict__["_id"] = value
+
+    @property
+    def is_aggregator(self) -> bool:
+        """Whether this party aggregates (the server, the vertical host). Assignable."""
+        if "_is_aggregator" in self.__dict__:
+            return self.__dict__["_is_aggregator"]
+        env = self._party_env()
+        return env is not None and env.role in AGGREGATOR_ROLES
+
+    @is_aggregator.setter
+    def is_aggregator(self, value: bool) -> None:
+        self.__dict__["_is_aggregator"] = bool(value)
+
+    @property
+    def device(self) -> torch.device:
+        """The torch device the task's code uses: what it assigns to ``self.device``
+        (AlphaFed tasks do so in ``__init__``), else the run's default (the CPU)."""
+        if "_device" in self.__dict__:
+            return self.__dict__["_device"]
+        return default_device(self._party_env())
+
+    @device.setter
+    def device(self, value: torch.device | str) -> None:
+        self.__dict__["_device"] = torch.device(value)
+
+    def push_log(self, message: str) -> None:
+        """Log ``message`` (``alphafed.task`` logger) and, in a run with an output folder,
+        append it with the time and round to ``<party root>/push_log.log``."""
+        if not isinstance(message, str) or not message:
+            raise ConfigError(f"push_log needs a non-empty string, got {message!r}")
+        task_logger.info("[%s] %s", self.id, message)
+        env = self._env
+        if env is None or env.out_dir is None:
+            return
+        path = party_root(env) / PUSH_LOG_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+        with path.open("a", encoding="utf-8") as handle:
+            handle.write(f"{stamp}\tround {self._round}\t{message}\n")
+
+    def _party_env(self) -> RunEnvironment | None:
+        """The bound environment, else this process's (safe before ``__init__``)."""
+        return self.__dict__.get("_env") or current_environment()
 
     @property
     def environment(self) -> RunEnvironment | None:
@@ -167,11 +243,47 @@ class Scheduler:
         if _captures:
             _captures[-1].append((self, task_id))
             return
-        module, _, attr = DIRECT_LAUNCHER.partition(":")
-        launcher: Callable[[Scheduler, str | None], None] = getattr(
-            importlib.import_module(module), attr
-        )
-        launcher(self, task_id)
+        _launch_directly(self, task_id)
+
+    def submit(self, task_id: str) -> None:
+        """AlphaFed 0.4.x's ``launch_task``: registers the scheduler when alphafed-flwr's
+        tools load the script; run directly, it starts a local simulation."""
+        self.launch_task(task_id=task_id)
+
+    def _run(
+        self,
+        id: str | None = None,
+        task_id: str | None = None,
+        is_initiator: bool = False,
+        recover: bool = False,
+    ) -> None:
+        """AlphaFed's per-party entry point, called by its mock-mode and run scripts.
+
+        Loaded by alphafed-flwr's tools, it only registers the scheduler. Run directly,
+        the initiator starts a local simulation with one virtual client per other node of
+        the enclosing ``mock_context`` (``$ALPHAFED_LOCAL_CLIENTS`` or 3 without one),
+        resuming from its checkpoint if ``recover``; any other party is refused, because
+        the initiator's simulation already runs every party.
+        """
+        if id is not None:
+            self.id = id
+        self._task_id = task_id
+        if _captures:
+            _captures[-1].append((self, task_id))
+            return
+        if not is_initiator:
+            logger.error(
+                "%s._run(id=%r, is_initiator=False): alphafed-flwr simulates every party in "
+                "the initiator's process, so a data owner's script has nothing to run. Run "
+                "only the initiator's script (is_initiator=True), or: python -m "
+                "alphafed_flwr.simulation <task file> --num-clients N",
+                type(self).__name__,
+                id,
+            )
+            raise SystemExit(2)
+        mock = current_mock()
+        others = mock.other_nodes() if mock is not None else []
+        _launch_directly(self, task_id, num_clients=len(others) or None, fresh=not recover)
 
     def validate_context(self) -> None:
         """Check the configuration; subclasses call ``super().validate_context()`` first."""
@@ -253,6 +365,13 @@ class Scheduler:
         return state
 
 
+def _launch_directly(scheduler: Any, task_id: str | None, **options: Any) -> None:
+    """Hand a script run directly (``python script.py``) to ``DIRECT_LAUNCHER``."""
+    module, _, attr = DIRECT_LAUNCHER.partition(":")
+    launcher: Callable[..., None] = getattr(importlib.import_module(module), attr)
+    launcher(scheduler, task_id, **options)
+
+
 #: AlphaFed 0.1.x called the test ``test``, 0.4.x ``run_test``; either is accepted.
 TEST_METHODS = ("test", "run_test")
 
@@ -300,12 +419,25 @@ class DataChecker(ABC):
 
     Parameters
     ----------
-    task_id : str
-        The task whose data is checked.
+    task_id : str | None
+        The task whose data is checked (AlphaFed 0.4.x passes it to ``submit`` instead).
     """
 
-    def __init__(self, task_id: str) -> None:
+    def __init__(self, task_id: str | None = None) -> None:
         self.task_id = task_id
+
+    def submit(self, task_id: str) -> None:
+        """AlphaFed 0.4.x: hand the checker to the platform. Loaded by alphafed-flwr's tools,
+        this registers it; run directly, it runs the check and logs the result."""
+        self.task_id = task_id
+        if _captures:
+            _captures[-1].append((self, task_id))
+            return
+        ok, reason = self.execute_verification()
+        if ok:
+            logger.info("Data check of task %s passed: %s", task_id, reason)
+        else:
+            logger.error("Data check of task %s failed: %s", task_id, reason)
 
     @abstractmethod
     def verify_data(self) -> tuple[bool, str]:

@@ -15,11 +15,17 @@ LOCAL_CLIENTS_ENV = "ALPHAFED_LOCAL_CLIENTS"
 DEFAULT_LOCAL_CLIENTS = 3
 
 
-def launch_directly(scheduler: Scheduler, task_id: str | None) -> None:
+def launch_directly(
+    scheduler: Scheduler,
+    task_id: str | None,
+    num_clients: int | None = None,
+    fresh: bool = False,
+) -> None:
     """Run ``scheduler`` in a local Ray simulation; exit the script on a user error.
 
-    The number of virtual clients is ``$ALPHAFED_LOCAL_CLIENTS`` (default 3); outputs go
-    to ``runs/<task id>``.
+    The number of virtual clients is ``num_clients`` (AlphaFed's mock nodes), else
+    ``$ALPHAFED_LOCAL_CLIENTS`` (default 3); outputs go to ``runs/<task id>``, resuming
+    from their checkpoint unless ``fresh``.
     """
     from .horizontal import SimulationOptions, simulate_horizontal  # local: Flower is heavy
 
@@ -30,7 +36,7 @@ def launch_directly(scheduler: Scheduler, task_id: str | None) -> None:
                 "task needs all parties; run python -m alphafed_flwr.simulation --host "
                 "host.py --collaborator collaborator.py"
             )
-        count = os.environ.get(LOCAL_CLIENTS_ENV, str(DEFAULT_LOCAL_CLIENTS))
+        count = str(num_clients or os.environ.get(LOCAL_CLIENTS_ENV, DEFAULT_LOCAL_CLIENTS))
         if not count.isdigit() or int(count) < 1:
             raise ConfigError(f"{LOCAL_CLIENTS_ENV} must be a positive integer, got '{count}'")
         name = task_id or scheduler.task_id
@@ -44,7 +50,8 @@ def launch_directly(scheduler: Scheduler, task_id: str | None) -> None:
             out,
         )
         simulate_horizontal(
-            scheduler, SimulationOptions(num_clients=int(count), out=out, task_id=name)
+            scheduler,
+            SimulationOptions(num_clients=int(count), out=out, task_id=name, fresh=fresh),
         )
     except AlphaFedError as exc:
         logger.error("%s", exc)
