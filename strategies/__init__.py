@@ -2,7 +2,7 @@
 
 They speak Flower records only and reach user code through the narrow callbacks that the
 adapters pass in (``FederatedHooks``, ``SplitLearningHost``); a plain Flower ServerApp can
-use them directly.
+use them directly. ``RoundDriver`` runs any Flower strategy with AlphaFed's round semantics.
 """
 
 if __name__ != "alphafed_flwr.strategies":
@@ -12,19 +12,37 @@ if __name__ != "alphafed_flwr.strategies":
     )
 
 # pylint: disable=wrong-import-position
-from .errors import ExchangeTimeout, NodesUnavailable, RoundFailed, StrategyError  # noqa: E402
-from .fedavg_limits import FedAvgWithClientLimits, FederatedHooks, RoundOutcome  # noqa: E402
-from .fedsgd import FULL_BATCH_QUERY, FedSGD, FullBatchRefused  # noqa: E402
+from .driver import (  # noqa: E402
+    DriverConfig,
+    FederatedHooks,
+    RoundDriver,
+    RoundOutcome,
+    SampledGrid,
+)
+from .errors import (  # noqa: E402
+    ExchangeTimeout,
+    NodesUnavailable,
+    RoundFailed,
+    StrategyConfigError,
+    StrategyError,
+)
+from .fedavg_limits import FedAvgWithClientLimits  # noqa: E402
+from .fedsgd import FULL_BATCH_QUERY, FedSGD, FullBatchCheck, FullBatchRefused  # noqa: E402
 
 __all__ = [
     "FULL_BATCH_QUERY",
+    "DriverConfig",
     "ExchangeTimeout",
     "FedAvgWithClientLimits",
     "FedSGD",
     "FederatedHooks",
+    "FullBatchCheck",
     "FullBatchRefused",
     "NodesUnavailable",
+    "RoundDriver",
     "RoundFailed",
     "RoundOutcome",
+    "SampledGrid",
+    "StrategyConfigError",
     "StrategyError",
 ]

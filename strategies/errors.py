@@ -15,3 +15,7 @@ class RoundFailed(StrategyError):
 
 class ExchangeTimeout(StrategyError):
     """A node did not answer within the allowed time."""
+
+
+class StrategyConfigError(StrategyError, ValueError):
+    """A strategy or its driver settings cannot work as configured (a usage error)."""

@@ -1,6 +1,7 @@
 """ClientApp for FedAvg/FedSGD schedulers: Flower messages in, scheduler calls out.
 
-- ``train``: load the global state, run ``merge_epochs`` x ``train_an_epoch``, reply
+- ``train``: load the global state, hand the message's ConfigRecord to the scheduler's
+  ``apply_round_config`` (FedProx's ``proximal-mu``), run ``merge_epochs`` x ``train_an_epoch``, reply
   ``state_dict()`` as an ArrayRecord and ``num-examples``. The optimizer state lives in the
   node's ``context.state`` between rounds (unless ``reset_optimizer``).
 - ``evaluate``: load the global state, run the user's test on local data, reply its
@@ -129,6 +130,9 @@ class HorizontalClient:
         """Local training from the global state."""
         sched = self.scheduler
         self._start_round(message)
+        if hasattr(sched, "apply_round_config"):  # e.g. FedProxScheduler reads "proximal-mu"
+            config = message.content.config_records.get("config", ConfigRecord())
+            call_user(sched, "apply_round_config", dict(config))
         sched.reset_optimizer()
         optimizer = sched.optimizer
         if not self.settings.reset_optimizer:

@@ -15,18 +15,23 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
+from alphafed_flwr import compat
 from alphafed_flwr.api.env import RunEnvironment, set_environment
-from alphafed_flwr.api.errors import TaskFailed
+from alphafed_flwr.api.errors import ConfigError, TaskFailed
 from alphafed_flwr.api.fed_avg import FedAvgScheduler, FedSGDScheduler
 from alphafed_flwr.api.log import logger
 from alphafed_flwr.api.metrics import append_csv_row, csv_file, truncate_csv_after_round
 from alphafed_flwr.api.scheduler import TaskComplete, call_user
 from alphafed_flwr.strategies import (
-    FedAvgWithClientLimits,
-    FedSGD,
+    DriverConfig,
+    FullBatchCheck,
+    RoundDriver,
     RoundOutcome,
+    StrategyConfigError,
     StrategyError,
 )
+from alphafed_flwr.strategies.aggregation import DEFAULT_MAX_NUM_EXAMPLES
+from alphafed_flwr.strategies.catalog import build_strategy
 
 from .outputs import Checkpoint, RunSummary, save_state_dict
 from .records import arrays_to_numpy, arrays_to_state, numpy_to_arrays, state_to_arrays
@@ -58,6 +63,12 @@ class ServerSettings:
         Continue from ``<out>/checkpoint`` if a checkpoint is there.
     max_round_retries : int
         Retries of a round with too few valid results.
+    strategy : str
+        ``--strategy`` name (``strategies.catalog``); ``fedavg`` by default.
+    strategy_args : dict[str, Any]
+        The strategy's parameters (``--strategy-arg``).
+    max_num_examples : float
+        Largest sample count one reply may claim (``--max-num-examples``).
     record : dict[str, Any]
         Extra configuration recorded in ``summary.json``.
     """
@@ -71,7 +82,14 @@ class ServerSettings:
     client_eval: str = "last"
     resume: bool = True
     max_round_retries: int = 3
+    strategy: str = "fedavg"
+    strategy_args: dict[str, Any] = field(default_factory=dict)
+    max_num_examples: float = DEFAULT_MAX_NUM_EXAMPLES
     record: dict[str, Any] = field(default_factory=dict)
+
+
+#: Prefix of the strategy's server-side state (FedAdam's m_t, ...) in the checkpoint.
+STATE_PREFIX = "strategy:"
 
 
 def is_test_round(server_round: int, log_rounds: int, max_rounds: int) -> bool:
@@ -84,7 +102,7 @@ def is_test_round(server_round: int, log_rounds: int, max_rounds: int) -> bool:
 
 
 class HorizontalServer:
-    """Runs a FedAvg/FedSGD scheduler's server side through a strategy.
+    """Runs a FedAvg/FedSGD scheduler's server side: any catalog strategy under ``RoundDriver``.
 
     Parameters
     ----------
@@ -123,32 +141,49 @@ class HorizontalServer:
             )
         self.checkpoint = Checkpoint(self.out / "checkpoint")
         self.summary: RunSummary | None = None
+        self.driver = self.build_driver()
         self._round_start = time.monotonic()
         self._last_test: dict[str, float] = {}
 
     # ----- set-up ----------------------------------------------------------------------
-    def strategy(self) -> FedAvgWithClientLimits:
-        """The strategy matching the scheduler type."""
+    def build_driver(self) -> RoundDriver:
+        """The settings' strategy under a driver with the scheduler's round semantics.
+
+        A FedSGD scheduler uses every available node, each checked for a full-batch loader
+        before its first round (``FullBatchCheck``), whichever strategy aggregates.
+        """
         sched, settings = self.scheduler, self.settings
-        common = dict(
-            min_clients=sched.min_clients,
-            schedule_timeout=float(sched.schedule_timeout),
-            calculation_timeout=float(sched.calculation_timeout),
-            weighted=settings.weighted,
-            max_round_retries=settings.max_round_retries,
-            seed=settings.seed,
-        )
-        if isinstance(sched, FedSGDScheduler):
-            return FedSGD(**common)
-        return FedAvgWithClientLimits(max_clients=sched.max_clients, **common)
+        fedsgd = isinstance(sched, FedSGDScheduler)
+        try:
+            strategy = build_strategy(settings.strategy, settings.strategy_args)
+            config = DriverConfig(
+                min_clients=sched.min_clients,
+                max_clients=None if fedsgd else sched.max_clients,
+                schedule_timeout=float(sched.schedule_timeout),
+                calculation_timeout=float(sched.calculation_timeout),
+                weighted=settings.weighted,
+                max_num_examples=settings.max_num_examples,
+                max_round_retries=settings.max_round_retries,
+                seed=settings.seed,
+            )
+            admit = FullBatchCheck(float(sched.schedule_timeout)) if fedsgd else None
+            return RoundDriver(strategy, config, admit_nodes=admit)
+        except StrategyConfigError as exc:
+            raise ConfigError(str(exc)) from exc
 
     def initial_state(self) -> tuple[ArrayRecord, int]:
         """Global arrays to start from and the first round (after a checkpoint: resume)."""
         loaded = self.checkpoint.load() if self.settings.resume else None
-        config = {**self.settings.record, "max_rounds": self.max_rounds}
+        config = {
+            **self.settings.record,
+            "max_rounds": self.max_rounds,
+            "strategy": self.settings.strategy,
+            "strategy_args": dict(self.settings.strategy_args),
+        }
         if loaded is not None:
             arrays, meta = loaded
             done = int(meta["round"])
+            arrays = self._restore_strategy_state(arrays, meta)
             self.summary = RunSummary(self.out, config, meta.get("summary"))
             self.summary.data["resumed_from_round"] = done
             for csv in (self.out / "metrics").rglob("*.csv"):
@@ -183,8 +218,13 @@ class HorizontalServer:
         assert self.summary is not None
         self.summary.add_round(entry)
         self.checkpoint.save(
-            arrays_to_numpy(arrays),
-            {"round": server_round, "finished": finished, "summary": self.summary.data},
+            {**arrays_to_numpy(arrays), **self._strategy_state()},
+            {
+                "round": server_round,
+                "finished": finished,
+                "strategy": self.settings.strategy,
+                "summary": self.summary.data,
+            },
         )
         sched.flush_outputs()
         clients = int(train.get("num-results", 0))
@@ -233,6 +273,37 @@ class HorizontalServer:
         )
 
     # ----- helpers -----------------------------------------------------------------------
+    def _strategy_state(self) -> dict[str, Any]:
+        """The strategy's server-side state (FedAdam's m_t and v_t, FedAvgM's momentum)."""
+        state = compat.get_strategy_state(self.driver.strategy)
+        return {
+            f"{STATE_PREFIX}{attribute}/{key}": value
+            for attribute, arrays in state.items()
+            for key, value in arrays.items()
+        }
+
+    def _restore_strategy_state(self, arrays: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+        """Load the checkpoint's strategy state into the strategy; return the model arrays."""
+        saved = str(meta.get("strategy", "fedavg"))
+        if saved != self.settings.strategy:
+            raise ConfigError(
+                f"the checkpoint in {self.checkpoint.path} was made with --strategy {saved}, this "
+                f"run uses {self.settings.strategy}: use the same strategy, or --fresh to start over"
+            )
+        state: dict[str, dict[str, Any]] = {}
+        model = {}
+        for key, value in arrays.items():
+            if key.startswith(STATE_PREFIX):
+                attribute, _, name = key[len(STATE_PREFIX):].partition("/")
+                state.setdefault(attribute, {})[name] = value
+            else:
+                model[key] = value
+        if state:
+            compat.set_strategy_state(self.driver.strategy, state)
+            logger.info("Restored %s's server state (%s)", type(self.driver.strategy).__name__,
+                        ", ".join(sorted(state)))
+        return model
+
     def _test(self) -> dict[str, float]:
         values = self.scheduler.collect_test()
         self._last_test = values
@@ -258,13 +329,13 @@ class HorizontalServer:
             return self.summary.data
         start = time.monotonic()
         try:
-            result = self.strategy().start(
+            result = self.driver.run(
                 grid,
                 initial,
-                num_rounds=self.max_rounds,
+                self.max_rounds,
+                first_round=first_round,
                 train_config=ConfigRecord({"seed": self.settings.seed or 0}),
                 hooks=self,
-                first_round=first_round,
             )
         except StrategyError as exc:
             self.summary.finish("failed", error=str(exc))
