@@ -37,9 +37,16 @@ from alphafed_flwr.api.log import logger
 from alphafed_flwr.cli import add_run_flags, exit_with
 from alphafed_flwr.deploy.bundle import build_fab
 from alphafed_flwr.deploy.control import Control
+from alphafed_flwr.compat import check_flower
 from alphafed_flwr.deploy.latency import QUICK_PULLS_ENV
-from alphafed_flwr.deploy.processes import Managed, flower_env, python_module
-from alphafed_flwr.deploy.superlink import TOKEN_ENV
+from alphafed_flwr.deploy.processes import (
+    Managed,
+    claim_folder,
+    flower_env,
+    free_port,
+    python_module,
+    require_flower_scripts,
+)
 from alphafed_flwr.loader import TaskRef, load_object
 
 
@@ -139,27 +146,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     loaded = load_object(ref, HeteroNNHostScheduler if vertical else FedAvgScheduler)  # fail fast
     task_id = args.task_id or loaded.task_id or loaded.obj.task_id
     out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    tls_flags, ca = tls_settings(args)
+    lock = claim_folder(out, "server")  # noqa: F841 - held while the server runs
+    tls_flags, _ = tls_settings(args)
     host, port = split_address(args.address)
+    require_flower_scripts()
+    logger.info(check_flower("superlink", "supernode"))
     fab, entry = build_fab(ref, run_config(args, out, task_id, vertical))
     token = secrets.token_urlsafe(32)
     env = flower_env(out / ".flwr-server", args.poll_interval)
-    env[TOKEN_ENV] = token
     if args.poll_interval < 1.0:
         env[QUICK_PULLS_ENV] = "1"
+    runtime_port = free_port()
     command = python_module(
-        "alphafed_flwr.deploy.superlink", "--host", host, "--port", str(port),
+        "alphafed_flwr.deploy.superlink", "--runtime-port", str(runtime_port), "--host", host, "--port", str(port),
         "--database", str(out / "superlink.db"), "--disable-runtime-dependency-installation",
         *tls_flags,
     )
     logger.info("Starting the SuperLink on %s:%d (log: %s)", host, port, out / "superlink.log")
-    superlink = Managed("superlink", command, env, out, log=out / "superlink.log")
-    control = Control(f"{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}", token, ca, args.insecure)
+    # the control token goes over a pipe: it is in no environment or command line
+    superlink = Managed("superlink", command, env, out, log=out / "superlink.log", stdin_data=f"{token}\n".encode())
+    control = Control(f"127.0.0.1:{runtime_port}", token, None, insecure=True)
     run_id: int | None = None
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        control.wait_ready(args.start_timeout, superlink.alive)
+        control.wait_ready(args.start_timeout, superlink.alive, superlink.log_tail)
         for line in control.register_nodes([Path(p) for p in args.node_public_key]):
             logger.info("Authorized SuperNode key %s", line)
         stale = control.stop_unfinished_runs()
@@ -168,7 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_id = control.start_run(fab)
         logger.info("Run %d submitted (task %s, %s); streaming its log", run_id, entry, "vertical" if vertical else "horizontal")
         start = time.monotonic()
-        control.stream_logs(run_id, lambda text: sys.stdout.write(text) or sys.stdout.flush())
+        control.stream_logs(run_id, lambda text: sys.stdout.write(text) or sys.stdout.flush(),
+                            superlink.alive, superlink.log_tail)
         status, sub_status, details = control.status(run_id)
         return report(out, run_id, sub_status, details, time.monotonic() - start)
     except KeyboardInterrupt:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import sysconfig
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,13 @@ import psutil
 from alphafed_flwr.deploy.processes import free_port
 
 
+def path_without_env() -> str:
+    """``PATH`` without this environment's ``bin/``: commands must not depend on activation."""
+    env_bins = {Path(sysconfig.get_path("scripts")).resolve(), Path(sys.executable).parent.resolve()}
+    keep = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and Path(p).resolve() not in env_bins]
+    return os.pathsep.join(keep or ["/usr/bin", "/bin"])
+
+
 class Proc:
     """A command of ours, its output in a log file."""
 
@@ -24,7 +32,7 @@ class Proc:
         self.handle = log.open("wb")
         self.process = subprocess.Popen(  # noqa: S603
             [sys.executable, "-m", *args], stdout=self.handle, stderr=subprocess.STDOUT, cwd=cwd,
-            env={**os.environ, "NO_COLOR": "1"}, start_new_session=True,
+            env={**os.environ, "NO_COLOR": "1", "PATH": path_without_env()}, start_new_session=True,
         )
 
     def text(self) -> str:

@@ -55,15 +55,18 @@ class Control:
         """Close the HTTP client."""
         self.client.close()
 
-    def wait_ready(self, timeout: float, alive: Callable[[], bool]) -> None:
-        """Wait until the Control API answers (``TaskFailed`` after ``timeout`` s)."""
+    def wait_ready(self, timeout: float, alive: Callable[[], bool], log_tail: Callable[[], str]) -> None:
+        """Wait until the Control API answers (``TaskFailed`` after ``timeout`` s).
+
+        If the SuperLink stops first, the error carries the end of its log (the cause).
+        """
         from flwr.proto.control_pb2 import ListRunsRequest  # pylint: disable=C0415
 
         deadline = time.monotonic() + timeout
         last: Exception | None = None
         while time.monotonic() < deadline:
             if not alive():
-                raise TaskFailed("the SuperLink stopped while starting (see superlink.log in --out)")
+                raise TaskFailed(f"the SuperLink stopped while starting; the end of superlink.log:\n{log_tail()}")
             try:
                 self.client.ListRuns(ListRunsRequest())
                 return
@@ -128,18 +131,24 @@ class Control:
             raise TaskFailed("the SuperLink refused the run (no run id; is the bundle over 10 MB?)")
         return int(res.run_id)
 
-    def stream_logs(self, run_id: int, write: Callable[[str], None]) -> None:
-        """Print the run's log until the run finishes."""
+    def stream_logs(
+        self, run_id: int, write: Callable[[str], None], alive: Callable[[], bool], log_tail: Callable[[], str]
+    ) -> None:
+        """Print the run's log until the run finishes (``TaskFailed`` if the SuperLink stops)."""
         from flwr.proto.control_pb2 import StreamLogsRequest  # pylint: disable=C0415
 
         after = 0.0
         while True:
+            if not alive():
+                raise TaskFailed(f"the SuperLink stopped during the run; the end of superlink.log:\n{log_tail()}")
             try:
                 for chunk in self.client.StreamLogs(StreamLogsRequest(run_id=run_id, after_timestamp=after)):
                     write(chunk.log_output)
                     after = max(after, chunk.latest_timestamp)
                 return
             except httpx.HTTPError:
+                if not alive():
+                    continue
                 if self.status(run_id)[0] == "finished":
                     return
                 time.sleep(0.5)

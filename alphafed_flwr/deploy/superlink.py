@@ -1,72 +1,168 @@
-"""``python -m alphafed_flwr.deploy.superlink``: Flower's own ``flower-superlink``, guarded.
+"""``python -m alphafed_flwr.deploy.superlink``: Flower's SuperLink on two listeners.
 
-It runs Flower 1.41's SuperLink entry point unchanged (same flags; Fleet, Control and
-runtime APIs over HTTP(S) on one port) and adds one middleware to its FastAPI app:
+It parses ``flower-superlink``'s flags with Flower's own parser, builds Flower's own
+SuperLink app (Fleet, Control and runtime APIs; :mod:`alphafed_flwr.compat`) and serves it
+on two uvicorn listeners in one process:
 
-- ``/v1/control/*`` (start runs, register nodes, ...) needs the header
-  ``x-alphafed-control-token`` with the token in ``$ALPHAFED_CONTROL_TOKEN``; without OIDC,
-  Flower's Control API has no authentication, so anyone who reaches the port could
-  otherwise submit an app bundle that every SuperNode then executes;
-- ``/v1/runtime/*`` (how the SuperLink's own SuperExec and ServerApp processes talk to it)
-  is served to loopback clients only.
+- **public** (``--host``/``--port``, TLS): the Fleet API only (``/v1/fleet/*``, what
+  SuperNodes use) and ``/health``; every other path is refused (403). Proxy headers are
+  off: ``X-Forwarded-For`` is never trusted, whatever ``FORWARDED_ALLOW_IPS`` says.
+- **loopback** (``127.0.0.1:--runtime-port``, plain HTTP): the runtime API
+  (``/v1/runtime/*``, the SuperExec and its ServerApp processes) and the Control API
+  (``/v1/control/*``, start runs, register nodes), which also needs the header
+  ``x-alphafed-control-token``. A reverse proxy in front of the public port cannot reach it.
 
-The Fleet API (``/v1/fleet/*``, the SuperNodes) is untouched. This wraps a private piece of
-Flower 1.41 (``flwr.superlink.main.create_app``); the ``<1.42`` pin keeps it valid.
+The control token is read from standard input (one line): it is in no environment,
+command line or file, so the SuperExec and the ServerApp processes it starts (task code)
+are never given it. The SuperLink runs in Flower's ``process`` isolation and this process
+starts the SuperExec itself (with this interpreter, against the loopback listener); if the
+SuperExec stops, the SuperLink stops too.
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import hmac
-import importlib
 import os
+import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
-TOKEN_ENV = "ALPHAFED_CONTROL_TOKEN"
+from alphafed_flwr import compat
+
 TOKEN_HEADER = "x-alphafed-control-token"
-LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+MIN_TOKEN_LENGTH = 16
+PUBLIC_PREFIXES = ("/v1/fleet/",)
+RUNTIME_PREFIX = "/v1/runtime/"
+CONTROL_PREFIX = "/v1/control/"
+HEALTH = "/health"
+
+Scope = MutableMapping[str, Any]
+Refusal = Callable[[Scope], "str | None"]
 
 
-def guard_app(app: Any, token: str) -> Any:
-    """Add the Control-token / loopback-runtime middleware to a SuperLink FastAPI app."""
-    from starlette.middleware.base import BaseHTTPMiddleware  # pylint: disable=C0415
-    from starlette.requests import Request  # pylint: disable=C0415
-    from starlette.responses import JSONResponse, Response  # pylint: disable=C0415
+def public_refusal(scope: Scope) -> str | None:
+    """Why the public listener refuses a request (``None``: it serves it)."""
+    path = str(scope.get("path", ""))
+    if path == HEALTH or path.startswith(PUBLIC_PREFIXES):
+        return None
+    return "this port serves only the Fleet API (SuperNodes)"
 
-    class Guard(BaseHTTPMiddleware):
-        async def dispatch(self, request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-            path = request.url.path
-            if path.startswith("/v1/control/"):
-                given = request.headers.get(TOKEN_HEADER, "")
-                if not hmac.compare_digest(given.encode(), token.encode()):
-                    return JSONResponse(
-                        {"detail": "the Control API of this SuperLink needs its control token"},
-                        status_code=403,
-                    )
-            elif path.startswith("/v1/runtime/"):
-                host = request.client.host if request.client else ""
-                if host not in LOOPBACK:
-                    return JSONResponse({"detail": "runtime API: loopback only"}, status_code=403)
-            return await call_next(request)
 
-    app.add_middleware(Guard)
-    return app
+def loopback_refusal(token: str) -> Refusal:
+    """The loopback listener's rule: runtime API, and Control API with the control token."""
+
+    def refusal(scope: Scope) -> str | None:
+        path = str(scope.get("path", ""))
+        if path == HEALTH or path.startswith(RUNTIME_PREFIX):
+            return None
+        if path.startswith(CONTROL_PREFIX):
+            given = dict(scope.get("headers") or []).get(TOKEN_HEADER.encode(), b"")
+            if hmac.compare_digest(given, token.encode()):
+                return None
+            return "the Control API of this SuperLink needs its control token"
+        return "not served on this port"
+
+    return refusal
+
+
+class Guard:
+    """ASGI wrapper: answers 403 to what ``refusal`` names, passes the rest to ``app``."""
+
+    def __init__(self, app: Any, refusal: Refusal) -> None:
+        self.app, self.refusal = app, refusal
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            reason = self.refusal(scope)
+            if reason is not None:
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008})
+                    return
+                from starlette.responses import JSONResponse  # pylint: disable=C0415
+
+                await JSONResponse({"detail": reason}, status_code=403)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def listener_configs(app: Any, config: Any, runtime_port: int, token: str) -> list[Any]:
+    """uvicorn configurations of the public and the loopback listener (in that order)."""
+    import uvicorn  # pylint: disable=import-outside-toplevel
+
+    log_config = compat.uvicorn_log_config()
+    common = {"proxy_headers": False, "forwarded_allow_ips": "", "workers": 1, "access_log": True}
+    public = uvicorn.Config(
+        Guard(app, public_refusal), host=config.host, port=config.port, lifespan="on",
+        ssl_keyfile=config.ssl_keyfile, ssl_certfile=config.ssl_certfile, log_config=log_config, **common,
+    )
+    loopback = uvicorn.Config(
+        Guard(app, loopback_refusal(token)), host="127.0.0.1", port=runtime_port, lifespan="off",
+        log_config=log_config, **common,
+    )
+    return [public, loopback]
+
+
+async def serve(configs: list[Any], superexec: subprocess.Popen[bytes] | None) -> None:
+    """Run the listeners until one stops, a signal arrives, or the SuperExec exits."""
+    import uvicorn  # pylint: disable=import-outside-toplevel
+
+    servers = [uvicorn.Server(c) for c in configs]
+    tasks = [asyncio.create_task(s.serve()) for s in servers]
+    while not any(t.done() for t in tasks):
+        if superexec is not None and superexec.poll() is not None:
+            print(f"The SuperExec exited (code {superexec.returncode}); stopping the SuperLink", file=sys.stderr)
+            break
+        await asyncio.wait(tasks, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
+    for server in servers:
+        server.should_exit = True
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def read_token() -> str:
+    """The control token from standard input (then closed for good)."""
+    token = sys.stdin.readline().strip()
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise SystemExit(f"give a control token of at least {MIN_TOKEN_LENGTH} characters on standard input")
+    return token
 
 
 def main() -> None:
-    """Run ``flower-superlink`` with the guard installed."""
-    from alphafed_flwr.deploy.processes import exit_with_parent  # pylint: disable=C0415
+    """``python -m alphafed_flwr.deploy.superlink --runtime-port P [flower-superlink flags]``."""
+    from alphafed_flwr.deploy.processes import exit_with_parent, flower_command  # pylint: disable=C0415
 
-    token = os.environ.get(TOKEN_ENV, "")
-    if len(token) < 16:
-        raise SystemExit(f"{TOKEN_ENV} must hold a control token of at least 16 characters")
+    parser = argparse.ArgumentParser(prog="python -m alphafed_flwr.deploy.superlink", add_help=False)
+    parser.add_argument("--runtime-port", type=int, required=True, help="loopback port of the runtime/Control API")
+    ours, flower_args = parser.parse_known_args()
+    if "--isolation" in flower_args:
+        raise SystemExit("--isolation is set by alphafed_flwr.deploy.superlink (process)")
+    token = read_token()
     exit_with_parent()
-    flwr_main = importlib.import_module("flwr.superlink.main")
-    create_app = flwr_main.create_app
-    flwr_main.create_app = lambda *a, **k: guard_app(create_app(*a, **k), token)
-    sys.argv[0] = "flower-superlink"
-    importlib.import_module("flwr.superlink.cli.flower_superlink").flower_superlink()
+    print(compat.check_flower("superlink"), file=sys.stderr, flush=True)
+    sys.argv = ["flower-superlink", *flower_args, "--isolation", "process"]
+    config = compat.superlink_lifespan_config()
+    app = compat.superlink_app(config)
+    configs = listener_configs(app, config, ours.runtime_port, token)
+    superexec = subprocess.Popen(  # noqa: S603 - Flower's own command, this interpreter
+        flower_command("flower-superexec", "--insecure", "--runtime-api-address",
+                       f"127.0.0.1:{ours.runtime_port}", "--parent-pid", str(os.getpid())),
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        asyncio.run(serve(configs, superexec))
+    finally:
+        superexec.terminate()
+        try:
+            superexec.wait(5)
+        except subprocess.TimeoutExpired:
+            superexec.kill()
+    if superexec.returncode not in (0, -15, None):
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":
