@@ -5,8 +5,11 @@ Per training round and collaborator, the strategy needs one message exchange per
 ``batches_per_exchange`` (K) batches: the gradients of batches i..i+K-1 travel with the
 request for the features of batches i+K..i+2K-1. Testing gathers every test batch's
 features in one exchange (merged into the round's last exchange). Batch counts, sizes and,
-when parties yield sample IDs, sample order are checked for every batch; a mismatch stops
-the run with an error naming the party and the batch.
+when parties yield sample IDs, sample order are checked for every batch, and so is every
+array that crosses the wire (``checks``: floating dtype, the party's first trailing shape,
+finite, at most ``max_abs``): collaborators' features before they reach the host, and the
+host's gradients before they leave. A malformed reply, a mismatch or a rejected array stops
+the run with an error naming the party and the batch, before the host's models see it.
 
 The strategy speaks Flower records only. It reaches the host's user code through the
 ``SplitLearningHost`` callbacks that the adapter supplies, and the collaborators through
@@ -28,9 +31,11 @@ from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
+from .checks import DEFAULT_MAX_ABS, ArrayLedger, ArrayRejected, check_array
+from .codecs import ExchangeCodecs
 from .errors import ExchangeTimeout, NodesUnavailable, StrategyError
 from .exchange import DEFAULT_POLL_INTERVAL, exchange, pull, push
-from .payload import decode, encode
+from .payload import PayloadError, decode, encode
 
 HELLO = "query.hello"
 PSI = "query.psi"
@@ -43,12 +48,18 @@ class BatchMismatch(StrategyError):
     """Parties' batches do not line up (count, size or samples)."""
 
 
+class MalformedReply(StrategyError):
+    """A collaborator's reply cannot be decoded or lacks what the protocol requires."""
+
+
 @dataclass(frozen=True)
 class HostBatch:
-    """The host's view of one batch: its size and (if IDs were yielded) the IDs' digest."""
+    """The host's view of one batch: its size, (if IDs were yielded) the IDs' digest, and
+    (if known) the dtype of the host's own features, which collaborators' must share."""
 
     size: int
     digest: str = ""
+    dtype: str = ""
 
 
 class SplitLearningHost(Protocol):
@@ -113,6 +124,12 @@ class SplitLearning:
         Seconds between pulls while waiting for replies.
     progress_every : float (default: 10)
         Seconds between progress lines (round r, batch i/M).
+    max_abs : float (default: checks.DEFAULT_MAX_ABS, 1e6)
+        Largest absolute value accepted in a collaborator's features and in the host's
+        gradients; larger values stop the run (they would overflow the infer model).
+    codecs : ExchangeCodecs | None (default: None)
+        Codecs of the features (collaborators to host) and gradients (host to
+        collaborators); ``None``: float32 both ways (see ``codecs``).
     """
 
     # pylint: disable=too-many-arguments
@@ -124,6 +141,8 @@ class SplitLearning:
         batches_per_exchange: int = 1,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         progress_every: float = 10.0,
+        max_abs: float = DEFAULT_MAX_ABS,
+        codecs: ExchangeCodecs | None = None,
     ) -> None:
         if num_collaborators < 1:
             raise ValueError("split learning needs at least one collaborator")
@@ -137,17 +156,20 @@ class SplitLearning:
         self.progress_every = progress_every
         self.nodes: dict[str, int] = {}
         self.round_stats: dict[str, float] = {}
+        self.ledger = ArrayLedger(max_abs)
+        self.codecs = codecs or ExchangeCodecs()
 
     def summary(self) -> None:
         """Log the configuration."""
         log(
             INFO,
             "\t├──> %d collaborator(s) | %d batch(es) per exchange | schedule_timeout %gs | "
-            "calculation_timeout %gs",
+            "calculation_timeout %gs | codecs: %s",
             self.num_collaborators,
             self.batches_per_exchange,
             self.schedule_timeout,
             self.calculation_timeout,
+            self.codecs,
         )
 
     # ----- messaging ---------------------------------------------------------------------
@@ -165,6 +187,10 @@ class SplitLearning:
         collaborator's own error.
         """
         timeout = self.calculation_timeout if timeout is None else timeout
+        sizes: list[dict[str, int]] = []  # array bytes each way (bytes-gradients, bytes-features)
+        if message_type == EXCHANGE:  # codecs: the gradients out (the features in, below)
+            encoded = {key: self.codecs.encode_request(payload) for key, payload in payloads.items()}
+            payloads, sizes = {k: e[0] for k, e in encoded.items()}, [e[1] for e in encoded.values()]
         messages = [
             Message(encode(payload), self.nodes[key], message_type, ttl=timeout + self.schedule_timeout)
             for key, payload in payloads.items()
@@ -186,14 +212,24 @@ class SplitLearning:
         for node, reply in res.replies.items():
             key = by_node[node]
             if reply.has_error():
-                raise StrategyError(f"collaborator '{key}' failed during {what}: {reply.error.reason}")
-            out[key] = decode(reply.content)
+                reason = str(reply.error.reason)[:2000]
+                raise StrategyError(f"collaborator '{key}' failed during {what}: {reason}")
+            out[key] = _decode_reply(key, reply, what)
+            if message_type == EXCHANGE:
+                try:
+                    out[key], size = self.codecs.decode_reply(out[key], f"collaborator '{key}'")
+                except ArrayRejected as exc:  # name the batches
+                    raise ArrayRejected(f"{what}: {exc}") from exc
+                sizes.append(size)
         if message_type == EXCHANGE:
             stats = self.round_stats
             stats["exchanges"] = stats.get("exchanges", 0) + 1
             stats["exchange-seconds"] = stats.get("exchange-seconds", 0.0) + res.seconds
+            for size in sizes:
+                for name, count in size.items():
+                    stats[name] = stats.get(name, 0) + count
             for name in ("time-handler", "time-model"):  # collaborators work in parallel: max
-                slowest = max(float(r.get(name, 0.0)) for r in out.values())
+                slowest = max(_seconds(r.get(name)) for r in out.values())
                 stats[name] = stats.get(name, 0.0) + slowest
         return out
 
@@ -223,7 +259,7 @@ class SplitLearning:
                 if reply.has_error():
                     log(INFO, "Node %s did not answer the hello (%s); ignoring it", node, reply.error.reason)
                     continue
-                payload = decode(reply.content)
+                payload = _decode_reply(f"node {node}", reply, "the hello")
                 key = str(payload.get("feature-key", ""))
                 if payload.get("role") != "collaborator":
                     raise StrategyError(f"node {node} is not a collaborator (role {payload.get('role')!r})")
@@ -286,8 +322,8 @@ class SplitLearning:
             grads: dict[str, list[np.ndarray]] = {key: [] for key in self.nodes}
             for offset, index in enumerate(batches):
                 features = self._batch_features(host, replies, index, offset)
-                for key, grad in host.train_batch(features).items():
-                    grads[key].append(np.asarray(grad, dtype=np.float32))
+                for key, grad in self._host_gradients(host.train_batch(features), features, index).items():
+                    grads[key].append(grad)
                 if time.monotonic() - last_log >= self.progress_every:
                     log(INFO, "Round %d: batch %d/%d", server_round, index + 1, total)
                     last_log = time.monotonic()
@@ -331,7 +367,15 @@ class SplitLearning:
 
     # ----- checks ---------------------------------------------------------------------------
     def _batch_count(self, replies: dict[str, dict[str, Any]]) -> int:
-        counts = {key: int(r.get("batches", -1)) for key, r in replies.items()}
+        counts = {}
+        for key, reply in replies.items():
+            count = reply.get("batches")
+            if not isinstance(count, int) or isinstance(count, bool):
+                raise MalformedReply(
+                    f"collaborator '{key}' answered the round's start without a batch count "
+                    f"(got {type(count).__name__})"
+                )
+            counts[key] = count
         if len(set(counts.values())) != 1:
             raise BatchMismatch(f"collaborators yield different numbers of training batches: {counts}")
         total = next(iter(counts.values()))
@@ -342,37 +386,62 @@ class SplitLearning:
     def _batch_features(
         self, host: SplitLearningHost, replies: dict[str, dict[str, Any]], index: int, offset: int
     ) -> dict[str, np.ndarray]:
+        what = f"training batch {index + 1}"
+        features: dict[str, np.ndarray] = {}
+        for key, reply in replies.items():  # every array is checked before the host's models run
+            feats = _list_of(key, reply, "features", what)
+            if offset >= len(feats):
+                raise BatchMismatch(f"{what}: collaborator '{key}' sent no features")
+            features[key] = self.ledger.check(f"collaborator '{key}'", "features", f"the features of {what}", feats[offset])
         mine = host.next_batch()
         if mine is None:
             raise BatchMismatch(
-                f"training batch {index + 1}: the host's generator ended after {index} batches, "
-                f"its collaborators yield more"
+                f"{what}: the host's generator ended after {index} batches, its collaborators yield more"
             )
-        features: dict[str, np.ndarray] = {}
         for key, reply in replies.items():
-            feats = reply.get("features") or []
-            if offset >= len(feats):
-                raise BatchMismatch(f"training batch {index + 1}: collaborator '{key}' sent no features")
-            check_batch(f"training batch {index + 1}", key, mine, feats[offset], reply.get("digests", []), offset)
-            features[key] = feats[offset]
+            check_batch(what, key, mine, features[key], _list_of(key, reply, "digests", what, str), offset)
         return features
+
+    def _host_gradients(
+        self, grads: dict[str, Any], features: dict[str, np.ndarray], index: int
+    ) -> dict[str, np.ndarray]:
+        """The host's gradients, checked like features before they leave (same shapes)."""
+        if set(grads) != set(features):
+            raise StrategyError(
+                f"training batch {index + 1}: the host computed gradients for {sorted(grads)}, "
+                f"its collaborators are {sorted(features)}"
+            )
+        for key, grad in grads.items():
+            what = f"the gradient for collaborator '{key}' of training batch {index + 1}"
+            check_array(grad, "the host", what, max_abs=self.ledger.max_abs)
+            if grad.shape != features[key].shape:
+                raise ArrayRejected(
+                    f"{what} from the host rejected: shape {grad.shape}, its features have {features[key].shape}"
+                )
+        return grads
 
     def _test_from(
         self, host: SplitLearningHost, replies: dict[str, dict[str, Any]], server_round: int
     ) -> dict[str, float]:
-        mine = host.test_batches()
-        features: dict[str, list[np.ndarray]] = {}
+        what = f"round {server_round} test"
+        checked: dict[str, list[np.ndarray]] = {}
         for key, reply in replies.items():
-            feats = reply.get("test-features") or []
+            feats = _list_of(key, reply, "test-features", what)
+            checked[key] = [
+                self.ledger.check(f"collaborator '{key}'", "features", f"the features of test batch {i + 1}", f)
+                for i, f in enumerate(feats)
+            ]
+        mine = host.test_batches()
+        for key, reply in replies.items():
+            feats = checked[key]
             if len(feats) != len(mine):
                 raise BatchMismatch(
-                    f"round {server_round} test: the host has {len(mine)} test batches, "
-                    f"collaborator '{key}' {len(feats)}"
+                    f"{what}: the host has {len(mine)} test batches, collaborator '{key}' {len(feats)}"
                 )
+            digests = _list_of(key, reply, "test-digests", what, str)
             for i, batch in enumerate(mine):
-                check_batch(f"test batch {i + 1}", key, batch, feats[i], reply.get("test-digests", []), i)
-            features[key] = feats
-        return host.test(features)
+                check_batch(f"test batch {i + 1}", key, batch, feats[i], digests, i)
+        return host.test(checked)
 
 
 def _span(indices: list[int]) -> str:
@@ -382,17 +451,57 @@ def _span(indices: list[int]) -> str:
     return f"batches {indices[0] + 1}..{indices[-1] + 1}"
 
 
+def _decode_reply(party: str, reply: Message, what: str) -> dict[str, Any]:
+    try:
+        return decode(reply.content)
+    except PayloadError as exc:
+        raise MalformedReply(f"the reply of {party} during {what} cannot be decoded: {exc}") from exc
+
+
+def _list_of(key: str, reply: dict[str, Any], name: str, what: str, kind: type | None = None) -> list[Any]:
+    """``reply[name]`` as a list (missing: empty); ``kind`` checks the items' type."""
+    value = reply.get(name, [])
+    if not isinstance(value, list) or (kind is not None and not all(isinstance(v, kind) for v in value)):
+        raise MalformedReply(
+            f"{what}: collaborator '{key}' sent a malformed '{name}' ({type(value).__name__}; "
+            f"a list{f' of {kind.__name__}' if kind else ''} is expected)"
+        )
+    return value
+
+
+def _seconds(value: Any) -> float:
+    """A reported duration (anything else counts as 0: it only feeds the statistics)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf"):
+        return float(value)
+    return 0.0
+
+
 def check_batch(
     what: str, key: str, host: HostBatch, features: np.ndarray, digests: list[str], offset: int
 ) -> None:
-    """Raise ``BatchMismatch`` unless a collaborator's batch matches the host's."""
+    """Raise ``BatchMismatch`` unless a collaborator's (checked) batch matches the host's.
+
+    Sample order is checked when the parties yield sample IDs; either both sides do or
+    neither does.
+    """
     size = int(features.shape[0]) if features.ndim else 0
     if size != host.size:
         raise BatchMismatch(
             f"{what}: collaborator '{key}' sent {size} samples, the host's batch has {host.size}"
         )
+    if host.dtype and str(features.dtype) != host.dtype:
+        raise ArrayRejected(
+            f"the features of {what} from collaborator '{key}' rejected: dtype {features.dtype}, "
+            f"the host's own features are {host.dtype} (make every feature model output {host.dtype})"
+        )
     theirs = digests[offset] if offset < len(digests) else ""
-    if host.digest and theirs and theirs != host.digest:
+    if bool(host.digest) != bool(theirs):
+        who, other = ("the host", f"collaborator '{key}'") if host.digest else (f"collaborator '{key}'", "the host")
+        raise BatchMismatch(
+            f"{what}: {who} yields sample IDs with its batches and {other} does not: yield "
+            "(features, ids) on every party, or IDs on none"
+        )
+    if theirs != host.digest:
         raise BatchMismatch(
             f"{what}: collaborator '{key}' holds other samples (or another order) than the host"
         )

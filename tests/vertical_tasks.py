@@ -15,14 +15,16 @@ X_RIGHT = torch.randn(N, RIGHT, generator=GEN)
 LABELS = (X_LEFT[:, 0] + X_RIGHT[:, 0] > 0).long()
 
 
-def host_model() -> nn.Module:
+def host_model(batch_norm: bool = False) -> nn.Module:
     torch.manual_seed(11)
-    return nn.Sequential(nn.Linear(LEFT, 3), nn.Dropout(0.3))
+    norm = [nn.BatchNorm1d(3)] if batch_norm else []
+    return nn.Sequential(nn.Linear(LEFT, 3), *norm, nn.Dropout(0.3))
 
 
-def collaborator_model() -> nn.Module:
-    torch.manual_seed(12)
-    return nn.Sequential(nn.Linear(RIGHT, 3), nn.ReLU(), nn.Dropout(0.5))
+def collaborator_model(batch_norm: bool = False, seed: int = 12) -> nn.Module:
+    torch.manual_seed(seed)
+    norm = [nn.BatchNorm1d(3)] if batch_norm else []
+    return nn.Sequential(nn.Linear(RIGHT, 3), *norm, nn.ReLU(), nn.Dropout(0.5))
 
 
 def infer_model(width: int = 6) -> nn.Module:
@@ -41,11 +43,12 @@ def ordered(ids, batch_size: int):  # noqa: ANN001, ANN201
 
 class Host(HeteroNNHostScheduler):
     def __init__(self, batch_size: int = 4, yield_ids: bool = False, collaborators: int = 1,
-                 **kwargs) -> None:  # noqa: ANN003
+                 batch_norm: bool = False, **kwargs) -> None:  # noqa: ANN003
         super().__init__(feature_key=kwargs.pop("feature_key", "host"), **kwargs)
         self.width = 3 + 3 * collaborators
         self.batch_size = batch_size
         self.yield_ids = yield_ids
+        self.batch_norm = batch_norm
 
     def load_local_ids(self) -> list[str]:
         return [str(i) for i in range(N)]
@@ -55,7 +58,7 @@ class Host(HeteroNNHostScheduler):
         return set(ids[:16]), set(ids[16:])
 
     def build_feature_model(self) -> nn.Module:
-        return host_model()
+        return host_model(self.batch_norm)
 
     def build_feature_optimizer(self, feature_model: nn.Module) -> optim.Optimizer:
         return sgd(feature_model)
@@ -97,8 +100,11 @@ class Host(HeteroNNHostScheduler):
 
 class Collaborator(HeteroNNCollaboratorScheduler):
     def __init__(self, feature_key: str = "c1", batch_size: int = 4, yield_ids: bool = False,
-                 drop_last_batch: bool = False, reverse: bool = False, ids: range = range(N)) -> None:
-        super().__init__(feature_key=feature_key)
+                 drop_last_batch: bool = False, reverse: bool = False, ids: range = range(N),
+                 batch_norm: bool = False, seed: int = 12, is_feature_trainable: bool = True) -> None:
+        super().__init__(feature_key=feature_key, is_feature_trainable=is_feature_trainable)
+        self.batch_norm = batch_norm
+        self.seed = seed
         self.batch_size = batch_size
         self.yield_ids = yield_ids
         self.drop_last_batch = drop_last_batch
@@ -113,7 +119,7 @@ class Collaborator(HeteroNNCollaboratorScheduler):
         return set(ids[:16]), set(ids[16:])
 
     def build_feature_model(self) -> nn.Module:
-        return collaborator_model()
+        return collaborator_model(self.batch_norm, self.seed)
 
     def build_feature_optimizer(self, feature_model: nn.Module) -> optim.Optimizer:
         return sgd(feature_model)

@@ -34,6 +34,7 @@ from torch import nn
 from alphafed_flwr.api.errors import ConfigError
 
 from .templates import stable_seed
+from .vertical_common import length_prefixed
 
 
 class RecordingModel(nn.Module):
@@ -101,8 +102,8 @@ def batch_seed(task: str, party: str, server_round: int, batch: int) -> int:
 
 
 def ids_digest(salt: bytes, ids: list[str]) -> str:
-    """Keyed digest of a batch's ordered sample IDs (all of them are in the intersection)."""
-    return hmac.new(salt, "\x1f".join(ids).encode(), hashlib.sha256).hexdigest()[:32]
+    """Keyed digest of a batch's ordered, length-prefixed sample IDs."""
+    return hmac.new(salt, b"batch" + length_prefixed(ids), hashlib.sha256).hexdigest()[:32]
 
 
 @dataclass

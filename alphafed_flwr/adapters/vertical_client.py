@@ -24,7 +24,10 @@ from alphafed_flwr.api.env import RunEnvironment, set_environment
 from alphafed_flwr.api.errors import ConfigError
 from alphafed_flwr.api.hetero_nn import HeteroNNCollaboratorScheduler
 from alphafed_flwr.api.scheduler import guarded
+from alphafed_flwr.label_protection import private_features
 from alphafed_flwr.psi import PsiParty, canonical_ids, collaborator_step
+from alphafed_flwr.strategies.checks import DEFAULT_MAX_ABS, ArrayRejected, check_array
+from alphafed_flwr.strategies.codecs import decode_request, encode_reply
 from alphafed_flwr.strategies.payload import decode, encode
 
 from .feature_replay import (
@@ -73,12 +76,15 @@ class CollaboratorSettings:
         This party's data folder (``get_dataset_dir``).
     seed : int | None
         Seed of the feature model's initialisation.
+    max_abs : float
+        Largest absolute value accepted in a gradient from the host (``checks``).
     """
 
     task_id: str = "local-task"
     out_dir: str = "alphafed-out"
     data_dir: str | None = None
     seed: int | None = None
+    max_abs: float = DEFAULT_MAX_ABS
 
 
 class VerticalCollaborator:
@@ -135,18 +141,11 @@ class VerticalCollaborator:
     def psi(self, payload: dict[str, Any]) -> dict[str, Any]:
         """One step of the private set intersection (see ``alphafed_flwr.psi``)."""
         local = self.sched.local_ids()
-        if payload.get("start"):
-            party = PsiParty.create(local)
-        else:
-            party = PsiParty.from_state(local, self._psi_state())
-        request = {
-            "start": payload.get("start", False),
-            "blind": payload.get("blind", {}),
-            "unshuffle": payload.get("unshuffle", {}),
-            "resolve": payload.get("resolve"),
-        }
-        reply, mine = collaborator_step(party, request)
-        self._save_psi_state(party)
+        party = PsiParty.from_state(local, self._psi_state())
+        try:  # the collaborator keeps the protocol's state and refuses what it does not allow
+            reply, mine = collaborator_step(party, payload)
+        finally:  # a refusal is kept too: it ends this party's PSI for the task
+            self._save_psi_state(party)
         if mine is not None:
             self._set_intersection(mine, local)
             train_ids, test_ids = check_split(self.key, self.sched.train_ids, self.sched.test_ids)
@@ -169,6 +168,11 @@ class VerticalCollaborator:
         and user-code time apart.
         """
         started = time.perf_counter()
+        try:
+            payload = decode_request(payload)  # codecs: the host's gradients
+        except ArrayRejected as exc:  # name the batches
+            batches = [i + 1 for i in payload.get("apply") or [] if isinstance(i, int)]
+            raise ArrayRejected(f"the gradients of training batches {batches} for '{self.key}': {exc}") from exc
         model_seconds = 0.0
         sched = self.sched
         server_round = int(payload["round"])
@@ -191,10 +195,9 @@ class VerticalCollaborator:
         model, optimizer = sched.feature_model, sched.feature_optimizer
         model.train()
         tick = time.perf_counter()
+        if apply:
+            grads = self._checked_gradients(payload, apply, recorded)
         if apply and sched.is_feature_trainable:
-            grads = payload.get("grads") or []
-            if len(grads) != len(apply):
-                raise ConfigError(f"{len(grads)} gradients for batches {apply}")
             for index, grad in zip(apply, grads, strict=True):
                 optimizer.zero_grad(set_to_none=True)
                 replay_backward(model, recorded.batch(index), grad, self._seed(server_round, index))
@@ -205,6 +208,7 @@ class VerticalCollaborator:
             reply["features"] = [
                 replay_features(model, recorded.batch(i), self._seed(server_round, i)) for i in send
             ]
+            self.config["feature-tail"] = [int(d) for d in reply["features"][0].shape[1:]]
             reply["digests"] = [recorded.digests[i] if i < len(recorded.digests) else "" for i in send]
         model_seconds += time.perf_counter() - tick
         self._save_model()
@@ -215,11 +219,29 @@ class VerticalCollaborator:
             reply.update(self._test_features())
             model_seconds += time.perf_counter() - tick
         sched.flush_outputs()
+        reply = encode_reply(private_features(reply, getattr(sched, "embedding_dp", None)), payload)  # DP, codecs
         reply["time-model"] = model_seconds
         reply["time-handler"] = time.perf_counter() - started
         return reply
 
     # ----- helpers -------------------------------------------------------------------------
+    def _checked_gradients(self, payload: dict[str, Any], apply: list[Any], recorded: RecordedRound) -> list[np.ndarray]:
+        """The host's gradients for batches ``apply``, all checked before any is applied."""
+        grads = payload.get("grads") or []
+        if not isinstance(grads, list) or len(grads) != len(apply):
+            raise ConfigError(f"'{self.key}': the host sent {len(grads)} gradients for batches {apply}")
+        tail = self.config.get("feature-tail")
+        sizes = recorded.sizes()
+        for index, grad in zip(apply, grads, strict=True):
+            if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(sizes):
+                raise ConfigError(f"'{self.key}': the host sent a gradient for unknown batch {index!r}")
+            what = f"the gradient of training batch {index + 1} for '{self.key}'"
+            check_array(grad, "the host", what, max_abs=self.settings.max_abs,
+                        tail=None if tail is None else tuple(tail))  # type: ignore[arg-type]
+            if grad.shape[0] != sizes[index]:
+                raise ArrayRejected(f"{what} from the host rejected: {grad.shape[0]} rows for {sizes[index]} samples")
+        return grads
+
     def _seed(self, server_round: int, index: int) -> int:
         return batch_seed(self.settings.task_id, self.key, server_round, index)
 

@@ -29,15 +29,36 @@ from .records import (
 KEEP_CHECKPOINTS = 2
 
 
+def length_prefixed(ids: Iterable[Any]) -> bytes:
+    """IDs as text, each prefixed by its length in bytes: no two ID lists encode alike."""
+    parts = []
+    for i in ids:
+        data = str(i).encode("utf-8", "surrogatepass")
+        parts.append(len(data).to_bytes(8, "big") + data)
+    return b"".join(parts)
+
+
+def _keyed(salt: bytes, *parts: bytes) -> str:
+    mac = hmac.new(salt, digestmod=hashlib.sha256)
+    for part in parts:
+        mac.update(len(part).to_bytes(8, "big") + part)
+    return mac.hexdigest()[:32]
+
+
 def ids_set_digest(salt: bytes, ids: Iterable[Any]) -> str:
     """Keyed digest of a set of IDs (compared as strings, order-free)."""
-    text = "\x1f".join(sorted(str(i) for i in ids))
-    return hmac.new(salt, text.encode(), hashlib.sha256).hexdigest()[:32]
+    return _keyed(salt, b"set", length_prefixed(sorted(str(i) for i in ids)))
 
 
 def split_digest(salt: bytes, train_ids: Iterable[Any], test_ids: Iterable[Any]) -> str:
-    """Keyed digest of a ``split_dataset`` result, to check that parties agree."""
-    return ids_set_digest(salt, [ids_set_digest(salt, train_ids), "|", ids_set_digest(salt, test_ids)])
+    """Keyed digest of a ``split_dataset`` result, to check that parties agree.
+
+    Train, then test, each as its sorted, length-prefixed IDs: swapping the two parts, or
+    IDs whose concatenations collide, give other digests.
+    """
+    train = length_prefixed(sorted(str(i) for i in train_ids))
+    test = length_prefixed(sorted(str(i) for i in test_ids))
+    return _keyed(salt, b"split", b"train", train, b"test", test)
 
 
 def check_split(party: str, train_ids: Any, test_ids: Any) -> tuple[list[Any], list[Any]]:

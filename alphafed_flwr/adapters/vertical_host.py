@@ -24,6 +24,7 @@ from alphafed_flwr.api.hetero_nn import HeteroNNHostScheduler
 from alphafed_flwr.api.log import logger
 from alphafed_flwr.api.metrics import truncate_csv_after_round
 from alphafed_flwr.api.scheduler import TaskComplete, call_user, guarded
+from alphafed_flwr.label_protection import GradientGuard, LabelProtection
 from alphafed_flwr.psi import PsiError, PsiParty, canonical_ids, run_psi
 from alphafed_flwr.strategies.errors import StrategyError
 from alphafed_flwr.strategies.split_learning import HostBatch, PayloadExchange, SplitLearning
@@ -112,6 +113,7 @@ class VerticalHost:
         self._intersection: list[str] = []
         self._finished = False
         self._model_seconds = 0.0  # time in the host's own user code this round
+        self.guard = GradientGuard(LabelProtection.parse(getattr(scheduler, "label_protection", None)))
 
     # ----- SplitLearningHost -----------------------------------------------------------
     def hello(self) -> dict[str, Any]:
@@ -188,7 +190,7 @@ class VerticalHost:
         features, labels, ids = _unpack_host_item(item, "iterate_train_feature")
         self._batch = (features, labels)
         self._batch_index += 1
-        return HostBatch(int(features.shape[0]), ids_digest(self.salt, ids) if ids is not None else "")
+        return _host_batch(features, ids, self.salt)
 
     def train_batch(self, features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Call ``train_a_batch`` with all parties' features; return the collaborators' gradients."""
@@ -196,8 +198,10 @@ class VerticalHost:
         own, labels = self._batch
         leaves = {key: torch.from_numpy(np.array(arr, copy=True)).requires_grad_(True) for key, arr in features.items()}
         projection = {self.feature_key: own, **leaves}
+        shapes = ", ".join(f"'{k}' {tuple(v.shape)} {str(v.dtype).replace('torch.', '')}" for k, v in projection.items())
+        what = f"{type(self.scheduler).__name__}.train_a_batch (training batch {self._batch_index}; features {shapes})"
         start = time.perf_counter()
-        call_user(self.scheduler, "train_a_batch", projection, labels)
+        guarded(what, self.scheduler.train_a_batch, projection, labels)
         self._model_seconds += time.perf_counter() - start
         grads = {}
         for key, leaf in leaves.items():
@@ -207,7 +211,7 @@ class VerticalHost:
                     f"(batch {self._batch_index}): use every party's features in the loss and "
                     "call loss.backward()"
                 )
-            grads[key] = leaf.grad.detach().numpy()
+            grads[key] = self.guard.apply(key, leaf.grad, labels).numpy()  # label protection
         self._batch = None
         return grads
 
@@ -228,7 +232,7 @@ class VerticalHost:
                 for item in items:
                     features, labels, ids = _unpack_host_item(item, "iterate_test_feature")
                     self._test_data.append((features, labels))
-                    batches.append(HostBatch(int(features.shape[0]), ids_digest(self.salt, ids) if ids is not None else ""))
+                    batches.append(_host_batch(features, ids, self.salt))
         finally:
             sched.feature_model.train()
         return batches
@@ -263,7 +267,7 @@ class VerticalHost:
         self, server_round: int, test: dict[str, float], seconds: float, stats: dict[str, float]
     ) -> None:
         """Checkpoint the host, record the round (with its timings), print the progress line."""
-        stats = {**stats, "host-model-seconds": self._model_seconds}
+        stats = {**stats, **self.guard.round_stats(), "host-model-seconds": self._model_seconds}
         self._model_seconds = 0.0
         self.summary.add_round(
             {
@@ -358,6 +362,12 @@ class VerticalHost:
         self.summary.finish(status, **extra)
         sched.close_outputs()
         return self.summary.data
+
+
+def _host_batch(features: torch.Tensor, ids: list[str] | None, salt: bytes) -> HostBatch:
+    """What the strategy checks collaborators' batches against."""
+    digest = ids_digest(salt, ids) if ids is not None else ""
+    return HostBatch(int(features.shape[0]), digest, str(features.dtype).replace("torch.", ""))
 
 
 def _unpack_host_item(item: Any, method: str) -> tuple[torch.Tensor, Any, list[str] | None]:
