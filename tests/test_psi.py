@@ -1,58 +1,88 @@
-"""Private set intersection: correctness and what the messages carry."""
+"""Private set intersection: correctness, what the messages carry, the collaborator's
+protocol state (no blinding oracle), randomness, and fuzzed requests and replies."""
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import random
+from collections.abc import Callable
+from itertools import permutations
 from typing import Any
 
 import numpy as np
 import pytest
+import torch
+from flwr.app import RecordDict
+from flwr.common.constant import FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
-from alphafed_flwr.psi import PsiParty, collaborator_step, run_psi
+from alphafed_flwr import psi_core
+from alphafed_flwr.psi import (
+    CHUNK,
+    DST,
+    PsiError,
+    PsiParty,
+    PsiRefused,
+    collaborator_step,
+    expand_message_xmd,
+    hash_to_point,
+    multiply,
+    run_psi,
+)
+from alphafed_flwr.psi_core import POINT_SIZE, new_key, permutation
+from alphafed_flwr.strategies.payload import decode, encode
+
+Exchange = Callable[[dict[str, dict[str, Any]]], dict[str, dict[str, Any]]]
 
 
-def simulate(sets: list[list[Any]]) -> tuple[list[str], dict[str, list[str]], list[bytes]]:
-    """Run the protocol; collaborators restart from their saved state at every message."""
+def wire_bytes(content: RecordDict) -> list[bytes]:
+    """Every value a message carries: array data and config values."""
+    out = [array.data for record in content.array_records.values() for array in record.values()]
+    for record in content.config_records.values():
+        out.extend(v if isinstance(v, bytes) else repr(v).encode() for v in record.values())
+    return out
+
+
+def simulate(
+    sets: list[list[Any]], chunk: int = 7
+) -> tuple[list[str], dict[str, list[str]], list[bytes], list[PsiParty]]:
+    """Run the protocol through the payload codec (Flower records); every collaborator
+    restarts from its saved state at every message, as a ClientApp does."""
     host = PsiParty.create(sets[0], num_keys=2)
     names = [f"c{i}" for i in range(1, len(sets))]
-    states = {n: PsiParty.create(s).to_state() for n, s in zip(names, sets[1:], strict=True)}
+    states: dict[str, dict[str, Any]] = {n: {} for n in names}
     results: dict[str, list[str]] = {}
     wire: list[bytes] = []
-
-    def record(payload: dict[str, Any]) -> None:
-        for value in payload.values():
-            if isinstance(value, dict):
-                record(value)
-            elif isinstance(value, np.ndarray):
-                wire.append(value.tobytes())
-            elif value is not None:
-                wire.append(repr(value).encode())
+    last: dict[str, PsiParty] = {}
 
     def exchange(requests: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         replies = {}
         for name, request in requests.items():
-            record(request)
-            local = sets[names.index(name) + 1]
-            party = PsiParty.from_state(local, states[name])
-            if request.get("start"):
-                party = PsiParty.create(local)
-                party.keys = PsiParty.from_state(local, states[name]).keys
-            reply, mine = collaborator_step(party, request)
-            states[name] = party.to_state()
+            message = encode(request)
+            wire.extend(wire_bytes(message))
+            party = PsiParty.from_state(sets[names.index(name) + 1], states[name])
+            reply, mine = collaborator_step(party, decode(message))
+            states[name], last[name] = party.to_state(), party
             if mine is not None:
                 results[name] = mine
-            record(reply)
-            replies[name] = reply
+            answer = encode(reply)
+            wire.extend(wire_bytes(answer))
+            replies[name] = decode(answer)
         return replies
 
-    mine, _ = run_psi(host, names, exchange)
-    return mine, results, wire
+    mine, _ = run_psi(host, names, exchange, chunk=chunk)
+    return mine, results, wire, [host, *(last[n] for n in names)]
 
 
 CASES = {
     "overlap": [list(range(0, 60)), list(range(30, 90))],
     "disjoint": [list(range(0, 20)), list(range(20, 40))],
     "identical": [list(range(25)), list(range(25))],
+    "empty host": [[], list(range(5))],
+    "empty collaborator": [list(range(5)), []],
     "three parties": [list(range(0, 60)), list(range(20, 80)), list(range(40, 100))],
     "four parties": [list(range(50)), list(range(10, 60)), list(range(0, 40)), list(range(5, 45))],
 }
@@ -60,29 +90,290 @@ CASES = {
 
 @pytest.mark.parametrize("sets", CASES.values(), ids=CASES.keys())
 def test_every_party_learns_exactly_the_intersection(sets: list[list[int]]) -> None:
-    mine, results, _ = simulate(sets)
+    mine, results, _, _ = simulate(sets)
     expected = sorted(set.intersection(*(set(map(str, s)) for s in sets)), key=int)
     assert sorted(mine, key=int) == expected
+    assert len(results) == len(sets) - 1
     assert all(sorted(r, key=int) == expected for r in results.values())
 
 
+def test_two_parties_take_4n_multiplications() -> None:
+    _, _, _, parties = simulate([list(range(40)), list(range(20, 50))])
+    assert [p.meta["multiplications"] for p in parties] == [40 + 30, 30 + 40]
+
+
 def test_ints_and_strings_are_the_same_samples() -> None:
-    mine, results, _ = simulate([[1, 2, 3, 5], ["3", "5", "8"], [5, "3", 9]])
+    mine, results, _, _ = simulate([[1, 2, 3, 5], ["3", "5", "8"], [5, "3", 9]])
     assert sorted(mine) == ["3", "5"] and all(sorted(r) == ["3", "5"] for r in results.values())
 
 
-def test_messages_carry_no_raw_ids_and_no_plain_hashes() -> None:
+def test_unicode_ids_intersect_and_unencodable_ones_are_named() -> None:
+    mine, results, _, _ = simulate([["Zoë", "患者-1", "🧬", "x"], ["🧬", "Zoë", "y"]])
+    assert sorted(mine) == sorted(["Zoë", "🧬"]) == sorted(results["c1"])
+    with pytest.raises(PsiError, match=r"position 2 \('\\ud800'\).*UTF-8"):
+        PsiParty.create(["a", "b", "\ud800", "c"])
+
+
+# ----- what the messages carry ------------------------------------------------------------
+def forbidden(sample_id: str) -> dict[str, bytes]:
+    """Every value derived from an ID without a key: none may ever be on the wire."""
+    text = sample_id.encode()
+    uniform = expand_message_xmd(text, DST, 64)
+    return {
+        "raw ID": text,
+        "ID as UTF-16": sample_id.encode("utf-16-le"),
+        "hash_to_point (unblinded group element)": hash_to_point(sample_id),
+        "expand_message_xmd output": uniform,
+        "SHA-256": hashlib.sha256(text).digest(),
+        "SHA-256 hex": hashlib.sha256(text).hexdigest().encode(),
+        "SHA-512": hashlib.sha512(text).digest(),
+        "SHA-512 hex": hashlib.sha512(text).hexdigest().encode(),
+        "SHA-512 with the PSI's DST": hashlib.sha512(DST + text).digest(),
+    }
+
+
+def leaks(wire: list[bytes], ids: list[str], parties: list[PsiParty]) -> list[str]:
+    blob = b"\x00".join(wire)
+    found = [f"{what} of {i!r}" for i in ids for what, value in forbidden(i).items() if value in blob]
+    found += [f"a key of party {n}" for n, p in enumerate(parties) for k in p.keys if k in blob]
+    return found
+
+
+@pytest.mark.parametrize("parties", [2, 3])
+def test_messages_carry_no_id_hash_or_key(parties: int) -> None:
     ids = [f"patient-{i:05d}" for i in range(40)]
-    sets = [ids[:30], ids[10:], ids[5:35]]
-    _, _, wire = simulate(sets)
-    blob = b"".join(wire)
-    for sample_id in ids:
-        assert sample_id.encode() not in blob
-        assert hashlib.sha256(sample_id.encode()).digest() not in blob
-        assert hashlib.sha256(sample_id.encode()).hexdigest().encode() not in blob
+    sets = [ids[:30], ids[10:], ids[5:35]][:parties]
+    _, _, wire, party_objects = simulate(sets)
+    assert leaks(wire, ids, party_objects) == []
 
 
-def test_keys_and_shuffles_are_fresh_for_every_party() -> None:
-    a, b = PsiParty.create(range(10)), PsiParty.create(range(10))
-    assert a.keys != b.keys
-    assert not np.array_equal(a.start(), b.start())
+def test_the_wire_check_catches_unblinded_points(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check above can fail: with blinding switched off, ``hash_to_point(id)`` travels."""
+    ids = [f"patient-{i:05d}" for i in range(20)]
+    monkeypatch.setattr(psi_core, "multiply", lambda key, points: psi_core.as_points(points))
+    _, _, wire, parties = simulate([ids[:15], ids[5:]])
+    found = leaks(wire, ids, parties)
+    assert any("hash_to_point" in f for f in found) and len(found) >= len(ids)
+
+
+def test_a_chunk_is_one_flower_array_chunk() -> None:
+    assert CHUNK * POINT_SIZE <= FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE
+
+
+# ----- the group and the hash -------------------------------------------------------------
+def test_expand_message_xmd_and_the_one_way_map_match_the_rfcs() -> None:
+    # RFC 9380 K.3 (expand_message_xmd, SHA-512), RFC 9496 A.3 (the one-way map)
+    dst = b"QUUX-V01-CS02-with-expander-SHA512-256"
+    assert expand_message_xmd(b"", dst, 0x20).hex() == "6b9a7312411d92f921c6f68ca0b6380730a1a4d982c507211a90964c394179ba"
+    uniform = bytes.fromhex(
+        "5d1be09e3d0c82fc538112490e35701979d99e06ca3e2b5b54bffe8b4dc772c1"
+        "4d98b696a1bbfb5ca32c436cc61c16563790306c79eaca7705668b47dffe5bb6"
+    )
+    point = psi_core._group().crypto_core_ristretto255_from_hash(uniform)  # pylint: disable=protected-access
+    assert point.hex() == "3066f82a1a747d45120d1740f14358531a8f04bbffe6a819f86dfe50f44a0a46"
+
+
+def test_blinding_commutes_and_rejects_non_elements() -> None:
+    points = np.frombuffer(b"".join(hash_to_point(i) for i in range(5)), dtype=np.uint8).reshape(-1, 32)
+    a, b = new_key(), new_key()
+    assert np.array_equal(multiply(a, multiply(b, points)), multiply(b, multiply(a, points)))
+    assert not np.array_equal(multiply(a, points), multiply(b, points))
+    with pytest.raises(PsiError, match="not a ristretto255 group element"):
+        multiply(a, np.zeros((1, 32), dtype=np.uint8))  # the identity
+
+
+# ----- randomness ---------------------------------------------------------------------------
+def test_keys_and_orders_come_from_the_os_csprng(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keys are CSPRNG bytes reduced mod the group order (zero redrawn); orders argsort
+    CSPRNG keys. Seeding Python's, numpy's and torch's generators changes nothing."""
+    drawn: list[bytes] = []
+    fake = [bytes(64), bytes(range(64)), bytes(range(8, 0, -1)) * 3]
+
+    def token_bytes(n: int) -> bytes:
+        drawn.append(fake.pop(0)[:n])
+        return drawn[-1]
+
+    monkeypatch.setattr(psi_core.secrets, "token_bytes", token_bytes)
+    key = new_key()
+    assert drawn[:2] == [bytes(64), bytes(range(64))]  # the zero scalar was redrawn
+    assert key == psi_core._group().crypto_core_ristretto255_scalar_reduce(bytes(range(64)))  # pylint: disable=protected-access
+    order = permutation(3)
+    assert order.tolist() == np.argsort(np.frombuffer(drawn[2], dtype="<u8")).tolist()
+    monkeypatch.undo()
+
+    def seeded_party() -> PsiParty:
+        random.seed(0)
+        np.random.seed(0)
+        torch.manual_seed(0)
+        party = PsiParty.create(range(50))
+        party.new_order()
+        return party
+
+    one, two = seeded_party(), seeded_party()
+    assert one.keys != two.keys and not np.array_equal(one.order, two.order)
+
+
+def test_orders_are_uniform() -> None:
+    """Every order of 3 items about equally often (a biased shuffle fails this)."""
+    counts = dict.fromkeys(permutations(range(3)), 0)
+    draws = 6000
+    for _ in range(draws):
+        counts[tuple(permutation(3).tolist())] += 1
+    expected, sigma = draws / 6, (draws * (1 / 6) * (5 / 6)) ** 0.5
+    assert all(abs(c - expected) < 6 * sigma for c in counts.values()), counts
+
+
+# ----- the collaborator keeps protocol state ---------------------------------------------
+def started(ids: list[Any], parties: int = 1, host_size: int = 10, index: int = 0) -> PsiParty:
+    party = PsiParty.from_state(ids, {})
+    reply, _ = collaborator_step(party, {"start": True, "parties": parties, "index": index, "host-size": host_size})
+    assert reply == {"size": len(ids)}
+    sizes = {"h": host_size} | {f"c{j}": len(ids) if j == index else 10 for j in range(parties)}
+    collaborator_step(party, {"sizes": sizes})
+    return party
+
+
+def points(n: int) -> np.ndarray:
+    return np.frombuffer(b"".join(hash_to_point(f"probe-{i}") for i in range(n)), dtype=np.uint8).reshape(-1, 32)
+
+
+def refused(party: PsiParty, request: dict[str, Any], match: str) -> None:
+    with pytest.raises(PsiRefused, match=match):
+        collaborator_step(party, request)
+
+
+def test_the_oracle_attack_is_refused_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """The issue's attack: many one-point chains in one request."""
+    party = started([f"id-{i}" for i in range(10)])
+    probes = {f"probe{i}": points(1) for i in range(200)}
+    with caplog.at_level(logging.WARNING, logger="alphafed"):
+        refused(party, {"blind": probes}, "does not pass through this collaborator")
+    assert "PSI request refused" in caplog.text
+    assert party.meta["aborted"] and party.meta.get("multiplications", 0) == 0
+
+
+@pytest.mark.parametrize(
+    ("request_", "match"),
+    [
+        ({"start": True, "parties": 1, "index": 0, "host-size": 10}, "second 'start'"),
+        ({"blind": {"h": points(11)}}, "beyond its announced size"),
+        ({"blind": {"c0": points(1)}}, "does not pass through"),  # its own chain
+        ({"sizes": {"h": 10, "c0": 10}}, "announced once"),
+        ({"drain": {"h": 1}}, "not a step of the two-party protocol"),
+        ({"resolve": np.array([0])}, "before this party's own list"),
+        ({"own": 11}, "outside"),
+        ({"own": 0}, "outside"),
+        ({"blind": {"h": np.zeros((1, 32), dtype=np.uint8)}}, "not a ristretto255 group element"),
+        ({"blind": {"h": np.zeros((1, 31), dtype=np.uint8)}}, r"\(n, 32\) uint8"),
+        ({"probe": 1}, "unknown PSI request keys"),
+    ],
+)
+def test_requests_outside_the_protocol_are_refused(request_: dict[str, Any], match: str) -> None:
+    party = started([f"id-{i}" for i in range(10)])
+    refused(party, request_, match)
+
+
+def test_each_point_is_blinded_once_and_a_refusal_ends_the_psi() -> None:
+    party = started([f"id-{i}" for i in range(10)], host_size=4)
+    reply, _ = collaborator_step(party, {"blind": {"h": points(3)}})
+    assert reply["blind"]["h"].shape == (3, 32)
+    refused(party, {"blind": {"h": points(2)}}, "beyond its announced size 4")
+    # aborted for good, and that survives a restart from the saved state
+    again = PsiParty.from_state([f"id-{i}" for i in range(10)], party.to_state())
+    refused(again, {"blind": {"h": points(1)}}, "aborted by an earlier refused request")
+
+
+def test_sizes_are_checked_against_start() -> None:
+    party = PsiParty.from_state(range(5), {})
+    refused(party, {"blind": {"h": points(1)}}, "before the set sizes were announced")
+    party = PsiParty.from_state(range(5), {})
+    collaborator_step(party, {"start": True, "parties": 1, "index": 0, "host-size": 3})
+    refused(party, {"sizes": {"h": 3, "c0": 6}}, "contradict this party's own size")
+    party = PsiParty.from_state(range(5), {})
+    collaborator_step(party, {"start": True, "parties": 2, "index": 0, "host-size": 3})
+    refused(party, {"sizes": {"h": 3, "c0": 5}}, "must name exactly the chains")
+
+
+def test_resolve_positions_are_checked() -> None:
+    ids = [f"id-{i}" for i in range(6)]
+    for positions, match in [
+        (np.array([0, 0]), "repeated"),
+        (np.array([6]), "outside"),
+        (np.arange(5), "no intersection can exceed 4"),
+        (np.array([0.5]), "integer array"),
+    ]:
+        party = started(ids, host_size=4)
+        collaborator_step(party, {"own": 6, "blind": {"h": points(4)}})
+        refused(party, {"resolve": positions}, match)
+    party = started(ids, host_size=4)
+    collaborator_step(party, {"own": 6, "blind": {"h": points(4)}})
+    _, mine = collaborator_step(party, {"resolve": np.array([1, 3])})
+    assert mine is not None and len(mine) == 2
+    refused(party, {"resolve": np.array([1])}, "comes once")
+
+
+# ----- fuzzing: arbitrary requests and replies -----------------------------------------------
+KEYS = ["start", "parties", "index", "host-size", "sizes", "own", "blind", "drain", "unshuffle", "resolve"]
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True),
+    st.text(max_size=5), st.binary(max_size=40),
+)
+arrays = hnp.arrays(
+    dtype=st.sampled_from([np.uint8, np.int64, np.float32, np.bool_, np.int8]),
+    shape=hnp.array_shapes(min_dims=0, max_dims=3, max_side=33),
+)
+values = st.one_of(scalars, arrays, st.dictionaries(st.sampled_from(["h", "c0", "c1", "x"]), st.one_of(scalars, arrays), max_size=3))
+requests = st.dictionaries(st.one_of(st.sampled_from(KEYS), st.text(max_size=4)), values, max_size=4)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(stage=st.sampled_from(["fresh", "started", "two-party", "three-party"]), request=requests)
+def test_fuzzed_requests_are_answered_or_refused(stage: str, request: dict[str, Any]) -> None:
+    ids = [f"id-{i}" for i in range(10)]
+    party = {
+        "fresh": lambda: PsiParty.from_state(ids, {}),
+        "started": lambda: PsiParty.from_state(ids, {}),
+        "two-party": lambda: started(ids),
+        "three-party": lambda: started(ids, parties=3, index=1),
+    }[stage]()
+    if stage == "started":
+        collaborator_step(party, {"start": True, "parties": 1, "index": 0, "host-size": 10})
+    try:
+        reply, _ = collaborator_step(party, request)
+    except PsiRefused:
+        assert party.meta["aborted"]
+        return
+    assert isinstance(reply, dict)
+
+
+reply_values = st.one_of(values, st.just(np.zeros((3, 32), dtype=np.uint8)), st.just(points(2)))
+replies = st.dictionaries(st.sampled_from(["size", "own", "blind", "drain", "unshuffle", "intersection-size", "x"]), reply_values, max_size=4)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(script=st.lists(replies, min_size=1, max_size=6), parties=st.integers(1, 2))
+def test_fuzzed_replies_fail_the_host_cleanly(script: list[dict[str, Any]], parties: int) -> None:
+    """A hostile collaborator's replies: the host either completes or raises PsiError."""
+    host = PsiParty.create(range(4), num_keys=2)
+    names = [f"c{i}" for i in range(parties)]
+    queue = list(script)
+
+    def exchange(reqs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        return {n: queue.pop(0) if queue else {} for n in reqs}
+
+    try:
+        mine, _ = run_psi(host, names, exchange, chunk=2)
+    except PsiError:
+        return
+    assert set(mine) <= set(host.ids)
+
+
+def test_100k_ids_per_party() -> None:
+    """Correctness at scale (issue 12): 100,000 IDs each, half in common, 8 chunks each way."""
+    rng = np.random.default_rng(12)
+    pool = rng.choice(10**9, size=150_000, replace=False)
+    host_ids, collab_ids = [f"acct-{i}" for i in pool[:100_000]], [f"acct-{i}" for i in pool[50_000:]]
+    mine, results, _, parties = simulate([host_ids, collab_ids], chunk=1 << 14)
+    expected = set(host_ids[50_000:])
+    assert set(mine) == expected == set(results["c1"]) and len(mine) == 50_000
+    assert sum(p.meta["multiplications"] for p in parties) == 400_000

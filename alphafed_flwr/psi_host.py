@@ -1,0 +1,249 @@
+"""The host's side of the PSI: it drives the protocol over an ``exchange`` callback (see
+``alphafed_flwr.psi``)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from alphafed_flwr.psi_core import CHUNK, HOST_CHAIN, POINT_SIZE, PsiError, PsiParty, as_points
+
+Exchange = Callable[[dict[str, dict[str, Any]]], dict[str, dict[str, Any]]]
+
+
+def run_psi(
+    host: PsiParty, collaborators: list[str], exchange: Exchange, chunk: int = CHUNK
+) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """Drive the protocol from the host.
+
+    Parameters
+    ----------
+    host : PsiParty
+        The host's party: one key with one collaborator, two with more.
+    collaborators : list[str]
+        Collaborator names, in the cyclic order of the chains.
+    exchange : Exchange
+        Sends ``{name: request}`` to some collaborators, returns ``{name: reply}``.
+    chunk : int
+        Points per list per message.
+
+    Returns
+    -------
+    tuple[list[str], dict[str, dict[str, Any]]]
+        The host's IDs in the intersection (as strings), and each collaborator's last
+        reply (with ``intersection-size`` and whatever the collaborator added).
+
+    Raises
+    ------
+    PsiError
+        On a malformed reply, or if a collaborator's intersection size differs from the host's.
+    """
+    m = len(collaborators)
+    if m == 0:
+        raise PsiError("a private set intersection needs at least one collaborator")
+    if len(host.keys) < (2 if m > 1 else 1):
+        raise PsiError(f"the host needs {2 if m > 1 else 1} key(s) with {m} collaborator(s)")
+    if chunk < 1:
+        raise ValueError(f"chunk must be positive, got {chunk}")
+    host.new_order()
+    starts = exchange(
+        {name: {"start": True, "parties": m, "index": k, "host-size": len(host.ids)} for k, name in enumerate(collaborators)}
+    )
+    sizes = {HOST_CHAIN: len(host.ids)}
+    for k, name in enumerate(collaborators):
+        size = _reply(starts, name).get("size")
+        if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 0:
+            raise PsiError(f"'{name}' announced no valid set size")
+        sizes[f"c{k}"] = int(size)
+    run = _two_parties if m == 1 else _chains
+    mine, last = run(host, collaborators, exchange, sizes, chunk)
+    for name in collaborators:
+        size = _reply(last, name).get("intersection-size")
+        if isinstance(size, bool) or not isinstance(size, int | np.integer) or size != len(mine):
+            raise PsiError(f"'{name}' found {size!r} common IDs, the host {len(mine)}")
+    return mine, last
+
+
+def _reply(replies: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    reply = replies.get(name)
+    if not isinstance(reply, Mapping):
+        raise PsiError(f"'{name}' sent no PSI reply")
+    return reply
+
+
+def _part(reply: Mapping[str, Any], key: str, chain: str, count: int, name: str) -> np.ndarray:
+    """``reply[key][chain]``: ``count`` group elements."""
+    parts = reply.get(key)
+    if not isinstance(parts, Mapping) or chain not in parts:
+        raise PsiError(f"'{name}' sent no '{key}' for chain '{chain}'")
+    return as_points(parts[chain], count)
+
+
+def _stack(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros((0, POINT_SIZE), dtype=np.uint8)
+
+
+def _elements(points: np.ndarray) -> np.ndarray:
+    """Rows as single 32-byte values, for set operations."""
+    return np.ascontiguousarray(points).view(f"V{POINT_SIZE}").ravel()
+
+
+def _two_parties(
+    host: PsiParty, names: list[str], exchange: Exchange, sizes: dict[str, int], chunk: int
+) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """4n multiplications; every message carries a chunk each way, and the host computes
+    its next chunks while the collaborator computes its own."""
+    name, n_h, n_c = names[0], sizes[HOST_CHAIN], sizes["c0"]
+    ours: list[np.ndarray] = []  # b a H(x), host order
+    theirs: list[Future[np.ndarray]] = []  # a b H(y), collaborator's order
+    ahead = ThreadPoolExecutor(1, thread_name_prefix="psi-host")
+    try:
+        next_own = ahead.submit(host.own_points, 0, min(chunk, n_h), [0])
+        sent_h = sent_c = 0
+        request: dict[str, Any] = {"sizes": sizes}
+        while True:
+            if sent_h < n_h:
+                own = next_own.result()
+                request["blind"] = {HOST_CHAIN: own}
+                sent_h += len(own)
+                if sent_h < n_h:
+                    next_own = ahead.submit(host.own_points, sent_h, min(sent_h + chunk, n_h), [0])
+            asked = min(chunk, n_c - sent_c)
+            if asked:
+                request["own"] = asked
+            reply = _reply(exchange({name: request}), name)
+            if "blind" in request:
+                ours.append(_part(reply, "blind", HOST_CHAIN, len(request["blind"][HOST_CHAIN]), name))
+            if asked:
+                theirs.append(ahead.submit(host.blind, as_points(reply.get("own"), asked), 0))
+                sent_c += asked
+            if sent_h >= n_h and sent_c >= n_c:
+                break
+            request = {}
+        final_c = _stack([future.result() for future in theirs])
+    finally:
+        ahead.shutdown(wait=True, cancel_futures=True)
+    mine, common = _common({HOST_CHAIN: _stack(ours), "c0": final_c})
+    last = exchange({name: {"resolve": common["c0"]}})
+    return host.resolve(mine), last
+
+
+def _common(lists: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Positions of the elements common to every list (the host's chain first)."""
+    elements = {chain: _elements(points) for chain, points in lists.items()}
+    if any(len(np.unique(e)) != len(e) for e in elements.values()):
+        raise PsiError("a fully blinded list repeats an element: a party sent duplicate group elements")
+    shared = functools.reduce(np.intersect1d, elements.values())
+    positions = {chain: np.flatnonzero(np.isin(e, shared)) for chain, e in elements.items()}
+    return positions[HOST_CHAIN], positions
+
+
+def _chains(
+    host: PsiParty, names: list[str], exchange: Exchange, sizes: dict[str, int], chunk: int
+) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """m >= 2 collaborators: every set travels its chain of hops (see ``alphafed_flwr.psi``)."""
+    m = len(names)
+    chains = [f"c{k}" for k in range(m)]
+    own = _fetch_own(exchange, names, sizes, chunk)
+    lists = {HOST_CHAIN: host.own_points(0, sizes[HOST_CHAIN], [0, 1])}
+    for chain in chains:
+        lists[chain] = host.shuffle(chain, host.blind(own[chain], 0))
+    route = {HOST_CHAIN: list(range(m))} | {f"c{k}": [(k + d) % m for d in range(1, m)] for k in range(m)}
+    for step in range(m):  # forward: every list gets every collaborator's key
+        hops = {}
+        for chain, path in route.items():
+            hop = step if chain == HOST_CHAIN else step - 1
+            if 0 <= hop < len(path):
+                hops[chain] = names[path[hop]]
+        lists.update(_relay(exchange, hops, lists, chunk))
+    for chain in chains:  # last hop: the host's second key (it compares, so no shuffle)
+        lists[chain] = host.blind(lists[chain], 1)
+    _, positions = _common(lists)
+    last: dict[str, dict[str, Any]] = {}
+    for step in range(m):  # backward: each hop undoes its shuffle, owners resolve
+        if step == m - 1:
+            for chain in chains:
+                positions[chain] = host.unshuffle(chain, positions[chain])
+        requests: dict[str, dict[str, Any]] = {name: {} for name in names}
+        for chain, path in route.items():
+            back = path[::-1]
+            if step < len(back):
+                requests[names[back[step]]].setdefault("unshuffle", {})[chain] = positions[chain]
+        if step == m - 1:
+            for k, name in enumerate(names):
+                requests[name]["resolve"] = positions[chains[k]]
+        last = exchange(requests)
+        for name, request in requests.items():
+            for chain, sent in request.get("unshuffle", {}).items():
+                positions[chain] = _unshuffled(_reply(last, name), chain, len(sent), sizes[chain], name)
+    return host.resolve(positions[HOST_CHAIN]), last
+
+
+def _unshuffled(reply: Mapping[str, Any], chain: str, count: int, size: int, name: str) -> np.ndarray:
+    parts = reply.get("unshuffle")
+    value = parts.get(chain) if isinstance(parts, Mapping) else None
+    if not isinstance(value, np.ndarray) or value.shape != (count,) or (count and value.dtype.kind not in "iu"):
+        raise PsiError(f"'{name}' sent no valid positions for chain '{chain}'")
+    positions = value.astype(np.int64)
+    if count and (positions.min() < 0 or positions.max() >= size or len(np.unique(positions)) != count):
+        raise PsiError(f"'{name}' sent positions outside chain '{chain}' or repeated")
+    return positions
+
+
+def _fetch_own(
+    exchange: Exchange, names: list[str], sizes: dict[str, int], chunk: int
+) -> dict[str, np.ndarray]:
+    """Announce the sizes, then collect every collaborator's own blinded list in chunks."""
+    parts: dict[str, list[np.ndarray]] = {f"c{k}": [] for k in range(len(names))}
+    sent = dict.fromkeys(parts, 0)
+    first = True
+    while first or any(sent[c] < sizes[c] for c in parts):
+        requests: dict[str, dict[str, Any]] = {}
+        for k, name in enumerate(names):
+            request: dict[str, Any] = {"sizes": sizes} if first else {}
+            count = min(chunk, sizes[f"c{k}"] - sent[f"c{k}"])
+            if count:
+                request["own"] = count
+            if request:
+                requests[name] = request
+        replies = exchange(requests)
+        for k, name in enumerate(names):
+            count = requests.get(name, {}).get("own", 0)
+            if count:
+                parts[f"c{k}"].append(as_points(_reply(replies, name).get("own"), count))
+                sent[f"c{k}"] += count
+        first = False
+    return {chain: _stack(p) for chain, p in parts.items()}
+
+
+def _relay(
+    exchange: Exchange, hops: dict[str, str], lists: dict[str, np.ndarray], chunk: int
+) -> dict[str, np.ndarray]:
+    """Feed each chain's list to its hop in chunks, then drain the hop's shuffled output."""
+    fed = dict.fromkeys(hops, 0)
+    while any(fed[c] < len(lists[c]) for c in hops):
+        requests: dict[str, dict[str, Any]] = {}
+        for chain, name in hops.items():
+            if fed[chain] < len(lists[chain]):
+                part = lists[chain][fed[chain] : fed[chain] + chunk]
+                requests.setdefault(name, {}).setdefault("blind", {})[chain] = part
+                fed[chain] += len(part)
+        exchange(requests)
+    out: dict[str, list[np.ndarray]] = {chain: [] for chain in hops}
+    drained = dict.fromkeys(hops, 0)
+    while any(drained[c] < len(lists[c]) for c in hops):
+        requests = {}
+        for chain, name in hops.items():
+            count = min(chunk, len(lists[chain]) - drained[chain])
+            if count:
+                requests.setdefault(name, {}).setdefault("drain", {})[chain] = count
+        replies = exchange(requests)
+        for name, request in requests.items():
+            for chain, count in request["drain"].items():
+                out[chain].append(_part(_reply(replies, name), "drain", chain, count, name))
+                drained[chain] += count
+    return {chain: _stack(parts) for chain, parts in out.items()}
