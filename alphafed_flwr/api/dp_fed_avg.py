@@ -14,7 +14,7 @@ __getattr__ = missing_names(
         "DPFedAvgScheduler": (
             "is not available yet: differentially private FedAvg is issue 11 (DP/SecAgg) "
             "of alphafed-flwr",
-            "until it lands, use FedAvgScheduler (no differential privacy)",
+            "until it lands, use FedAvgScheduler instead (no differential privacy)",
         )
     },
 )

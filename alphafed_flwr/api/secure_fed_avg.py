@@ -14,7 +14,7 @@ __getattr__ = missing_names(
         "SecureFedAvgScheduler": (
             "is not available yet: secure aggregation is issue 11 (DP/SecAgg) of "
             "alphafed-flwr",
-            "until it lands, use FedAvgScheduler (the server then sees each update)",
+            "until it lands, use FedAvgScheduler instead (the server then sees each update)",
         )
     },
 )
