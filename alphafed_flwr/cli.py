@@ -73,12 +73,53 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reset-optimizer", action="store_true", help="fresh client optimizer state every round")
     parser.add_argument("--unweighted", action="store_true",
                         help="unweighted mean of client updates (AlphaFed's original rule)")
+    add_strategy_flags(parser)
     parser.add_argument("--client-eval", default="last", choices=("last", "test-rounds", "off"),
                         help="when clients test the global model on their own data (default: the last round)")
     parser.add_argument("--fresh", action="store_true",
                         help="start over even if --out holds the checkpoint of an unfinished run")
     parser.add_argument("--batches-per-exchange", type=int, default=1,
                         help="vertical: batches per feature/gradient exchange (K, default 1)")
+
+
+def add_ray_flags(parser: argparse.ArgumentParser) -> None:
+    """Ray placement flags of the simulation command (see ``simulation.engine.RayPlacement``)."""
+    parser.add_argument("--gpus-per-client", type=float, default=0.0,
+                        help="Ray GPUs per virtual client, fractions allowed (0.25: four per GPU); "
+                             "0 (default): clients see no GPU")
+    parser.add_argument("--ray-address", default=None,
+                        help="join the existing Ray cluster whose head is at host:port (run the command "
+                             "on one of its nodes; every node needs the same environment and data)")
+
+
+def add_strategy_flags(parser: argparse.ArgumentParser) -> None:
+    """``--strategy``, ``--strategy-arg`` and ``--max-num-examples`` (horizontal tasks)."""
+    # pylint: disable=import-outside-toplevel
+    from alphafed_flwr.strategies.aggregation import DEFAULT_MAX_NUM_EXAMPLES
+    from alphafed_flwr.strategies.catalog import strategy_names
+
+    parser.add_argument("--strategy", default="fedavg", type=str.lower, choices=strategy_names(),
+                        help="the Flower strategy that aggregates (default fedavg; see the README's table)")
+    parser.add_argument("--strategy-arg", dest="strategy_args", action="append", default=None,
+                        metavar="KEY=VALUE",
+                        help="a strategy parameter, e.g. eta=0.01 (repeat; TOML: a [strategy-args] table)")
+    parser.add_argument("--max-num-examples", type=float, default=float(DEFAULT_MAX_NUM_EXAMPLES),
+                        help="largest sample count one client update may claim; updates claiming more "
+                             f"are rejected (default {DEFAULT_MAX_NUM_EXAMPLES:,})")
+
+
+def strategy_args_from(args: argparse.Namespace) -> dict[str, Any]:
+    """The parsed ``--strategy-arg`` values (or TOML table), checked against ``--strategy``."""
+    # pylint: disable=import-outside-toplevel
+    from alphafed_flwr.strategies.catalog import build_strategy, parse_strategy_args
+    from alphafed_flwr.strategies.errors import StrategyConfigError
+
+    try:
+        values = parse_strategy_args(args.strategy_args)
+        build_strategy(args.strategy, values)  # fail fast, before anything starts
+    except StrategyConfigError as exc:
+        raise ConfigError(str(exc)) from exc
+    return values
 
 
 def apply_config_file(

@@ -23,7 +23,13 @@ from pathlib import Path
 from alphafed_flwr.api.errors import ConfigError
 from alphafed_flwr.api.fed_avg import FedAvgScheduler
 from alphafed_flwr.api.log import logger
-from alphafed_flwr.cli import add_run_flags, apply_config_file, exit_with
+from alphafed_flwr.cli import (
+    add_ray_flags,
+    add_run_flags,
+    apply_config_file,
+    exit_with,
+    strategy_args_from,
+)
 from alphafed_flwr.loader import load_object
 
 from .horizontal import SimulationOptions, simulate_horizontal
@@ -48,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cpus-per-client", type=float, default=None,
                         help="Ray CPUs per virtual client (default: 1 for FedAvg/FedSGD; the cores "
                              "shared out among vertical collaborators)")
+    add_ray_flags(parser)
     return parser
 
 
@@ -64,9 +71,14 @@ def options_from(args: argparse.Namespace) -> SimulationOptions:
         data_dir=None if args.data_dir is None else Path(args.data_dir),
         reset_optimizer=args.reset_optimizer,
         weighted=not args.unweighted,
+        strategy=args.strategy,
+        strategy_args=strategy_args_from(args),
+        max_num_examples=args.max_num_examples,
         client_eval=args.client_eval,
         fresh=args.fresh,
         cpus_per_client=args.cpus_per_client,
+        gpus_per_client=args.gpus_per_client,
+        ray_address=args.ray_address,
         task_id=args.task_id,
         batches_per_exchange=args.batches_per_exchange,
     )

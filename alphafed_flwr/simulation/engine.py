@@ -1,21 +1,99 @@
 """The one place that starts Flower's Ray simulation engine.
 
 Flower 1.41 offers two ways to simulate: ``flwr run`` against a local SuperLink, and the
-in-process ``flwr.simulation.run_simulation`` (deprecated in favour of ``flwr run``). We use
-the deprecated function, here only, because ``flwr run`` for simulation starts a detached
-local SuperLink that outlives the command, needs the app packed as a bundle on disk, and
-cannot take the scheduler object that ``launch_task()`` hands us in Python; the in-process
-engine runs exactly Flower's own Ray backend (``RayBackend``, ``ClientAppActor``) for the
-lifetime of our command.
+in-process ``flwr.simulation.run_simulation`` (deprecated in favour of ``flwr run``). Our
+commands use the deprecated function, here only, because ``flwr run`` for simulation starts
+a detached local SuperLink that outlives the command, needs the app packed as a bundle on
+disk, and cannot take the scheduler object that ``launch_task()`` hands us in Python; the
+in-process engine runs exactly Flower's own Ray backend (``RayBackend``, ``ClientAppActor``)
+for the lifetime of our command. ``flwr run`` is supported too, on a task folder made by
+``python -m alphafed_flwr new`` (see ``alphafed_flwr.app_folder``).
+
+Ray: without an address, a private local Ray instance is started (``address="local"``, so
+a ``RAY_ADDRESS`` in the environment is never picked up by accident); with one, the run
+joins that existing cluster, and virtual clients are spread over its nodes by their
+resources. ``"auto"`` is refused: other Ray clusters may run on the same machine.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import warnings
+from dataclasses import dataclass
 
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
+
+from alphafed_flwr.api.errors import ConfigError
+
+#: Ray's switch for hiding GPUs from actors that asked for none (``1``, Ray's default).
+ACCEL_OVERRIDE_ENV = "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"
+_RESERVED_WHEN_ATTACHING = ("num_cpus", "num_gpus", "resources", "object_store_memory")
+
+
+@dataclass(frozen=True)
+class RayPlacement:
+    """Where virtual clients run and what each one asks Ray for.
+
+    Parameters
+    ----------
+    cpus_per_client : float
+        Ray CPUs per virtual client (how many run at once per node, and their torch threads).
+    gpus_per_client : float
+        Ray GPUs per virtual client; fractions share a GPU (``0.25``: four clients per GPU).
+        ``0``: the client sees no GPU at all.
+    address : str | None
+        Address of an existing Ray cluster to join (``host:port`` of its head node, as
+        printed by ``ray start --head``); ``None`` starts a private local Ray instance.
+    """
+
+    cpus_per_client: float = 1.0
+    gpus_per_client: float = 0.0
+    address: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.cpus_per_client <= 0:
+            raise ConfigError(f"--cpus-per-client must be > 0, got {self.cpus_per_client}")
+        if self.gpus_per_client < 0:
+            raise ConfigError(f"--gpus-per-client must be >= 0, got {self.gpus_per_client}")
+        if self.gpus_per_client > 1 and self.gpus_per_client != int(self.gpus_per_client):
+            raise ConfigError(
+                f"--gpus-per-client {self.gpus_per_client}: above 1 it must be a whole number of GPUs"
+            )
+        if self.address is not None and self.address.strip().lower() in ("", "auto", "local"):
+            raise ConfigError(
+                f"--ray-address '{self.address}': give the cluster head's address (host:6379); "
+                "'auto' could join another Ray cluster running on this machine"
+            )
+
+
+def backend_config(
+    placement: RayPlacement, ray_init_args: dict[str, object] | None = None
+) -> dict[str, dict[str, object]]:
+    """Flower's Ray ``backend_config`` for ``placement``.
+
+    Joining a cluster passes only its address: Ray refuses ``num_cpus``/``num_gpus`` (the
+    cluster's nodes declare their own resources), so such ``ray_init_args`` are an error.
+    """
+    init_args = dict(ray_init_args or {})
+    if placement.address is None:
+        init_args.setdefault("address", "local")
+    else:
+        clash = sorted(set(init_args) & set(_RESERVED_WHEN_ATTACHING))
+        if clash:
+            raise ConfigError(
+                f"Ray init args {clash} cannot be given when joining the cluster at "
+                f"{placement.address}: its nodes declare their resources (ray start --num-cpus/--num-gpus)"
+            )
+        init_args["address"] = placement.address
+    return {
+        "client_resources": {
+            "num_cpus": placement.cpus_per_client,
+            "num_gpus": placement.gpus_per_client,
+        },
+        "init_args": init_args,
+    }
 
 
 class _DropDeprecationNotice(logging.Filter):
@@ -26,20 +104,49 @@ class _DropDeprecationNotice(logging.Filter):
         return "run_simulation" not in message and "DEPRECATED FEATURE" not in message
 
 
+def hide_gpus_from_cpu_clients() -> None:
+    """Make Ray hide every GPU from actors that asked for none (``num_gpus=0``).
+
+    Ray's default already does so; an inherited ``RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=0``
+    would let CPU-only clients see (and silently share) every GPU, so it is set to ``1``.
+    Ray's accompanying FutureWarning (it suggests the opposite setting) is silenced.
+    """
+    os.environ[ACCEL_OVERRIDE_ENV] = "1"
+    warnings.filterwarnings("ignore", message=r"Tip: In future versions of Ray", category=FutureWarning)
+
+
 def run_ray_simulation(
     server_app: ServerApp,
     client_app: ClientApp,
     num_supernodes: int,
     cpus_per_client: float = 1.0,
     ray_init_args: dict[str, object] | None = None,
+    *,
+    gpus_per_client: float = 0.0,
+    ray_address: str | None = None,
 ) -> None:
     """Run ``server_app`` against ``num_supernodes`` virtual nodes on Ray; raise its errors.
 
     Virtual nodes are registered up front (a node id each) but a ClientApp only runs, and
     builds its scheduler, when a message reaches that node.
+
+    Parameters
+    ----------
+    server_app, client_app : ServerApp, ClientApp
+        The apps to run.
+    num_supernodes : int
+        Virtual nodes.
+    cpus_per_client, gpus_per_client : float
+        Ray resources of each virtual client (see ``RayPlacement``).
+    ray_init_args : dict | None
+        Extra ``ray.init`` arguments.
+    ray_address : str | None
+        Existing Ray cluster to join; ``None``: a private local one.
     """
+    placement = RayPlacement(cpus_per_client, gpus_per_client, ray_address)
+    config = backend_config(placement, ray_init_args)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network calls at start
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a FutureWarning
+    hide_gpus_from_cpu_clients()
     from flwr.simulation import run_simulation  # pylint: disable=import-outside-toplevel
 
     flwr_logger = logging.getLogger("flwr")
@@ -52,10 +159,7 @@ def run_ray_simulation(
             server_app=server_app,
             client_app=client_app,
             num_supernodes=num_supernodes,
-            backend_config={
-                "client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0},
-                "init_args": dict(ray_init_args or {}),
-            },
+            backend_config=config,  # type: ignore[arg-type]
         )
     finally:
         flwr_logger.removeFilter(notice_filter)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,10 @@ from alphafed_flwr.api.env import RunEnvironment, set_environment
 from alphafed_flwr.api.errors import ConfigError
 from alphafed_flwr.api.fed_avg import FedAvgScheduler, FedSGDScheduler
 from alphafed_flwr.api.log import logger
+from alphafed_flwr.strategies.aggregation import DEFAULT_MAX_NUM_EXAMPLES
+from alphafed_flwr.strategies.catalog import build_strategy
+from alphafed_flwr.strategies.driver import required_replies
+from alphafed_flwr.strategies.errors import StrategyConfigError
 
 from .engine import run_ray_simulation
 
@@ -47,6 +51,12 @@ class SimulationOptions:
         Fresh optimizer state on clients every round.
     weighted : bool
         Mean weighted by sample count.
+    strategy : str
+        The strategy that aggregates (``--strategy``; ``strategies.catalog``).
+    strategy_args : dict[str, Any]
+        Its parameters (``--strategy-arg``).
+    max_num_examples : float
+        Largest sample count one client update may claim.
     client_eval : str
         When clients test the global model on their own data: ``last``, ``test-rounds``
         or ``off``.
@@ -57,6 +67,10 @@ class SimulationOptions:
         threads); ``None``: 1 for FedAvg/FedSGD clients, which train in parallel, and the
         machine's cores shared out for vertical collaborators, which take turns with the
         host.
+    gpus_per_client : float
+        Ray GPUs per virtual client (fractions share a GPU); 0: clients see no GPU.
+    ray_address : str | None
+        Existing Ray cluster to join; ``None``: a private local Ray instance.
     task_id : str | None
         Task id (default: the scheduler's name or ``local-task``).
     batches_per_exchange : int
@@ -73,9 +87,14 @@ class SimulationOptions:
     data_dir: Path | None = None
     reset_optimizer: bool = False
     weighted: bool = True
+    strategy: str = "fedavg"
+    strategy_args: dict[str, Any] = field(default_factory=dict)
+    max_num_examples: float = DEFAULT_MAX_NUM_EXAMPLES
     client_eval: str = "last"
     fresh: bool = False
     cpus_per_client: float | None = None
+    gpus_per_client: float = 0.0
+    ray_address: str | None = None
     task_id: str | None = None
     batches_per_exchange: int = 1
 
@@ -93,6 +112,17 @@ def check_fedsgd_loader(scheduler: FedSGDScheduler, data_dir: Path | None, task_
     probe.check_full_batch()
 
 
+def check_strategy(options: SimulationOptions) -> None:
+    """Refuse, before Ray starts, a strategy that cannot run with these clients."""
+    try:
+        strategy = build_strategy(options.strategy, options.strategy_args)
+    except StrategyConfigError as exc:
+        raise ConfigError(str(exc)) from exc
+    need, why = required_replies(strategy)
+    if options.num_clients < need:
+        raise ConfigError(f"{why}, but --num-clients is {options.num_clients}: use more clients")
+
+
 def simulate_horizontal(scheduler: FedAvgScheduler, options: SimulationOptions) -> dict[str, Any]:
     """Run a FedAvg/FedSGD scheduler with ``options.num_clients`` virtual clients.
 
@@ -103,6 +133,7 @@ def simulate_horizontal(scheduler: FedAvgScheduler, options: SimulationOptions) 
             f"--num-clients {options.num_clients} is below the scheduler's min_clients "
             f"({scheduler.min_clients}): every round would fail; use more clients"
         )
+    check_strategy(options)
     out = Path(options.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     task_id = options.task_id or scheduler.task_id
@@ -129,6 +160,9 @@ def simulate_horizontal(scheduler: FedAvgScheduler, options: SimulationOptions) 
         weighted=options.weighted,
         client_eval=options.client_eval,
         resume=not options.fresh,
+        strategy=options.strategy,
+        strategy_args=dict(options.strategy_args),
+        max_num_examples=options.max_num_examples,
         record={"mode": "simulation", "scheduler": type(scheduler).__name__, **options.record()},
     )
     summary: dict[str, Any] = {}
@@ -152,5 +186,8 @@ def simulate_horizontal(scheduler: FedAvgScheduler, options: SimulationOptions) 
         options.partition,
         out,
     )
-    run_ray_simulation(server_app, client_app, options.num_clients, options.cpus_per_client or 1.0)
+    run_ray_simulation(
+        server_app, client_app, options.num_clients, options.cpus_per_client or 1.0,
+        gpus_per_client=options.gpus_per_client, ray_address=options.ray_address,
+    )
     return summary

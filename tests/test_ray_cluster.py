@@ -1,0 +1,112 @@
+"""A simulation that joins an existing two-node Ray cluster (``--ray-address``), and the
+Ray placement settings (GPUs per client, CPU-only clients, addresses that are refused).
+
+The cluster is Ray's own ``ray.cluster_utils.Cluster`` on 127.0.0.1: a head and a second
+node with one CPU each, so the simulation's two client actors can only fit one per node.
+Ray rewrites a ``127.0.0.1`` cluster address to the machine's outward IP (where a
+loopback-only GCS does not listen) unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` makes it
+use loopback throughout; the test sets it for the cluster and the simulation command.
+Which node each ``ClientAppActor`` ran on is read from Ray's GCS actor table (the state API
+``ray.util.state.list_actors`` needs Ray's dashboard, which this install lacks).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tasks import write_fedavg
+
+from alphafed_flwr.api.errors import ConfigError
+from alphafed_flwr.simulation.engine import ACCEL_OVERRIDE_ENV, RayPlacement, backend_config, hide_gpus_from_cpu_clients
+
+pytestmark = pytest.mark.timeout(420)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+LOOPBACK_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+@pytest.fixture
+def two_node_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    """A head and one more node, 1 CPU each, on 127.0.0.1; shut down afterwards."""
+    from ray._private import ray_constants  # pylint: disable=import-outside-toplevel
+    from ray.cluster_utils import Cluster  # pylint: disable=import-outside-toplevel
+
+    for key, value in LOOPBACK_ONLY.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)  # read at import: patch it too
+    node_args = {"num_cpus": 1, "object_store_memory": 80 * 1024 * 1024}
+    cluster = Cluster(initialize_head=True, head_node_args={**node_args, "include_dashboard": False})
+    processes = []
+    try:
+        cluster.add_node(**node_args)
+        cluster.wait_for_nodes(timeout=60)
+        for node in cluster.list_all_nodes():
+            processes += [info.process for infos in node.all_processes.values() for info in infos]
+        yield cluster
+    finally:
+        cluster.shutdown()
+    assert processes and all(proc.poll() is not None for proc in processes), "Ray processes left running"
+
+
+def test_fedavg_runs_on_both_nodes_of_an_existing_cluster(
+    tmp_path: Path, tiny_mnist: Path, two_node_cluster: object
+) -> None:
+    cluster = two_node_cluster
+    task = write_fedavg(tmp_path)
+    out = tmp_path / "run"
+    env = {**os.environ, **LOOPBACK_ONLY, "NO_COLOR": "1"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "alphafed_flwr.simulation", str(task), "--ray-address", cluster.address,
+         "--num-clients", "4", "--rounds", "2", "--seed", "0", "--cpus-per-client", "1",
+         "--data-dir", str(tiny_mnist), "--out", str(out), "--client-eval", "off"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["rounds_completed"] == 2
+    assert summary["config"]["ray_address"] == cluster.address
+
+    nodes = {node["NodeID"] for node in cluster.global_state.node_table() if node["Alive"]}
+    actors = cluster.global_state.actor_table(None).values()
+    client_nodes = {a["Address"]["NodeID"] for a in actors if a["ActorClassName"] == "ClientAppActor"}
+    assert len(nodes) == 2 and cluster.address.startswith("127.0.0.1:")
+    assert client_nodes == nodes, f"client actors ran on {client_nodes}, cluster nodes {nodes}"
+
+
+def test_local_run_never_joins_an_address_from_the_environment() -> None:
+    config = backend_config(RayPlacement(cpus_per_client=2, gpus_per_client=0.25))
+    assert config == {"client_resources": {"num_cpus": 2, "num_gpus": 0.25}, "init_args": {"address": "local"}}
+
+
+def test_joining_passes_only_the_address() -> None:
+    config = backend_config(RayPlacement(address="10.0.0.1:6379"), {"logging_level": "warning"})
+    assert config["init_args"] == {"address": "10.0.0.1:6379", "logging_level": "warning"}
+    assert config["client_resources"] == {"num_cpus": 1.0, "num_gpus": 0.0}
+    with pytest.raises(ConfigError, match="num_cpus"):
+        backend_config(RayPlacement(address="10.0.0.1:6379"), {"num_cpus": 4})
+
+
+@pytest.mark.parametrize("address", ["auto", "AUTO", "", "local"])
+def test_auto_and_empty_addresses_are_refused(address: str) -> None:
+    with pytest.raises(ConfigError, match="ray-address"):
+        RayPlacement(address=address)
+
+
+@pytest.mark.parametrize(("cpus", "gpus", "flag"), [(0, 0, "cpus"), (1, -0.5, "gpus"), (1, 1.5, "gpus")])
+def test_bad_resources_are_refused(cpus: float, gpus: float, flag: str) -> None:
+    with pytest.raises(ConfigError, match=f"--{flag}-per-client"):
+        RayPlacement(cpus_per_client=cpus, gpus_per_client=gpus)
+
+
+def test_cpu_only_clients_are_not_shown_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ACCEL_OVERRIDE_ENV, "0")  # the old setting: zero-GPU actors saw every GPU
+    hide_gpus_from_cpu_clients()
+    assert os.environ[ACCEL_OVERRIDE_ENV] == "1"
