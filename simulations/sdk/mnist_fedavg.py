@@ -1,0 +1,107 @@
+"""FedAvg on MNIST, written for AlphaFed 0.4.x; it runs unchanged on alphafed-flwr.
+
+It uses what the SDK's own example task uses (``alphafed.fs.get_dataset_dir``,
+``self.device`` set in ``__init__``, ``run_test``, ``tb_writer``) plus ``push_log``,
+``id``, ``is_aggregator``, ``get_result_dir`` and ``submit``::
+
+    python -m alphafed_flwr.simulation simulations/sdk/mnist_fedavg.py:MnistFedAvg \
+        --num-clients 3 --rounds 3
+    python simulations/sdk/mnist_fedavg.py    # submit(): a local simulation, 3 clients
+"""
+
+import os
+from time import time
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn, optim
+from torch.utils.data import DataLoader
+
+from alphafed import logger
+from alphafed.fed_avg import FedAvgScheduler
+from alphafed.fs import get_dataset_dir, get_result_dir
+
+from sdk_net import SmallCNN
+
+TRANSFORM = torchvision.transforms.Compose([
+    torchvision.transforms.ToTensor(),
+    torchvision.transforms.Normalize((0.1307,), (0.3081,)),
+])
+
+
+class MnistFedAvg(FedAvgScheduler):
+
+    def __init__(self,
+                 max_rounds: int = 0,
+                 merge_epochs: int = 1,
+                 calculation_timeout: int = 300,
+                 log_rounds: int = 0,
+                 involve_aggregator: bool = False,
+                 batch_size: int = 32,
+                 learning_rate: float = 0.05,
+                 momentum: float = 0.5) -> None:
+        super().__init__(max_rounds=max_rounds,
+                         merge_epochs=merge_epochs,
+                         calculation_timeout=calculation_timeout,
+                         log_rounds=log_rounds,
+                         involve_aggregator=involve_aggregator)
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.momentum = momentum
+        self.device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+        torch.manual_seed(42)
+
+    def build_model(self) -> nn.Module:
+        return SmallCNN().to(self.device)
+
+    def build_optimizer(self, model: nn.Module) -> optim.Optimizer:
+        return optim.SGD(model.parameters(), lr=self.learning_rate, momentum=self.momentum)
+
+    def build_train_dataloader(self) -> DataLoader:
+        dataset = torchvision.datasets.MNIST(get_dataset_dir(self.task_id), train=True,
+                                             download=True, transform=TRANSFORM)
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=True)
+
+    def build_test_dataloader(self) -> DataLoader:
+        dataset = torchvision.datasets.MNIST(get_dataset_dir(self.task_id), train=False,
+                                             download=True, transform=TRANSFORM)
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False)
+
+    def validate_context(self):
+        super().validate_context()
+        assert len(self.train_loader) > 0, 'failed to load train data'
+        self.push_log(f'{self.id} has {len(self.train_loader.dataset)} training samples.')
+
+    def train_an_epoch(self) -> None:
+        self.model.train()
+        for data, labels in self.train_loader:
+            data, labels = data.to(self.device), labels.to(self.device)
+            self.optimizer.zero_grad()
+            loss = F.nll_loss(self.model(data), labels)
+            loss.backward()
+            self.optimizer.step()
+
+    def run_test(self):
+        start = time()
+        self.model.eval()
+        test_loss, correct = 0.0, 0
+        with torch.no_grad():
+            for data, labels in self.test_loader:
+                data, labels = data.to(self.device), labels.to(self.device)
+                output = self.model(data)
+                test_loss += F.nll_loss(output, labels, reduction='sum').item()
+                correct += (output.argmax(dim=1) == labels).sum().item()
+        test_loss /= len(self.test_loader.dataset)
+        accuracy = correct / len(self.test_loader.dataset)
+        logger.info(f'Test set: average loss {test_loss:.4f}, accuracy {accuracy:.4f}')
+        self.push_log(f'round {self.current_round} test accuracy {accuracy:.4f}')
+        self.tb_writer.add_scalar('timer/run_time', time() - start, self.current_round)
+        self.tb_writer.add_scalar('test_results/average_loss', test_loss, self.current_round)
+        self.tb_writer.add_scalar('test_results/accuracy', accuracy, self.current_round)
+        if self.is_aggregator:
+            torch.save(self.model.state_dict(), os.path.join(get_result_dir(self.task_id), 'model.pt'))
+
+
+if __name__ == '__main__':
+    MnistFedAvg(max_rounds=3, log_rounds=1).submit(task_id='sdk-mnist-fedavg')
