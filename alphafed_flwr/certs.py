@@ -9,7 +9,9 @@ Writes, with the ``cryptography`` package:
   private key for ``python -m alphafed_flwr.client --node-key``, the public one for
   ``python -m alphafed_flwr.server --node-public-key``.
 
-For development and tests: production deployments use certificates from their own CA.
+Private keys are created 0600 from the start, never through a symbolic link, and existing
+files are kept unless ``--force`` is given. For development and tests: production
+deployments use certificates from their own CA.
 """
 
 from __future__ import annotations
@@ -34,9 +36,34 @@ VALID_DAYS = 365
 
 
 def _write(path: Path, data: bytes, private: bool = False) -> None:
-    path.write_bytes(data)
-    if private:
-        os.chmod(path, 0o600)
+    """Create ``path`` as a new file, 0600 from the start if ``private``; never through a link."""
+    mode = 0o600 if private else 0o644
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    with os.fdopen(fd, "wb") as handle:
+        os.fchmod(handle.fileno(), mode)  # exactly this mode, whatever the umask
+        handle.write(data)
+
+
+def output_names(nodes: int) -> list[str]:
+    """The files :func:`make_certificates` writes."""
+    names = ["ca.pem", "ca.key", "server.pem", "server.key"]
+    for i in range(1, nodes + 1):
+        names += [f"node-{i}", f"node-{i}.pub"]
+    return names
+
+
+def _clear(out: Path, nodes: int, force: bool) -> None:
+    """Refuse to overwrite existing files (links included) unless ``force``; then remove them."""
+    existing = [out / n for n in output_names(nodes) if os.path.lexists(out / n)]
+    if existing and not force:
+        raise ConfigError(
+            f"{', '.join(str(p) for p in existing)} already exist(s); pass --force to replace them "
+            "(keys already handed out stop working), or choose another --out"
+        )
+    for path in existing:
+        if path.is_dir() and not path.is_symlink():
+            raise ConfigError(f"{path} is a folder; remove it or choose another --out")
+        path.unlink()  # a link itself, never what it points to
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -55,11 +82,17 @@ def _san(names: Sequence[str]) -> x509.SubjectAlternativeName:
     return x509.SubjectAlternativeName(entries)
 
 
-def make_certificates(out: Path, hosts: Sequence[str], nodes: int) -> dict[str, Path]:
-    """Write the CA, the server certificate and ``nodes`` SuperNode key pairs to ``out``."""
+def make_certificates(out: Path, hosts: Sequence[str], nodes: int, force: bool = False) -> dict[str, Path]:
+    """Write the CA, the server certificate and ``nodes`` SuperNode key pairs to ``out``.
+
+    Private keys are created with mode 0600 (never readable by others, not even briefly);
+    no file is written through a symbolic link, and existing files are replaced only with
+    ``force``.
+    """
     if not hosts:
         raise ConfigError("give at least one --server-host (a name or an IP address)")
     out.mkdir(parents=True, exist_ok=True)
+    _clear(out, nodes, force)
     now = datetime.datetime.now(datetime.timezone.utc)
     start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=VALID_DAYS)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -131,9 +164,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="name or IP address clients use to reach the server (repeat); "
                              "default: 127.0.0.1 and localhost")
     parser.add_argument("--nodes", type=int, default=2, help="SuperNode key pairs to make (default 2)")
+    parser.add_argument("--force", action="store_true", help="replace files that already exist")
     args = parser.parse_args(argv)
     hosts = args.server_host or ["127.0.0.1", "localhost"]
-    paths = make_certificates(Path(args.out), hosts, args.nodes)
+    paths = make_certificates(Path(args.out), hosts, args.nodes, force=args.force)
     logger.info("Wrote %s (server names: %s)", ", ".join(str(p) for p in paths.values()), ", ".join(hosts))
     return 0
 

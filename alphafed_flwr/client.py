@@ -34,8 +34,15 @@ from alphafed_flwr.api.hetero_nn import HeteroNNCollaboratorScheduler
 from alphafed_flwr.api.log import logger
 from alphafed_flwr.api.scheduler import DataChecker
 from alphafed_flwr.cli import exit_with
-from alphafed_flwr.compat import auth_failure_pattern
-from alphafed_flwr.deploy.processes import Managed, flower_env, free_port, python_module
+from alphafed_flwr.compat import auth_failure_pattern, check_flower
+from alphafed_flwr.deploy.processes import (
+    Managed,
+    claim_folder,
+    flower_env,
+    free_port,
+    python_module,
+    require_flower_scripts,
+)
 from alphafed_flwr.deploy.latency import SLEEP_CAP_ENV
 from alphafed_flwr.loader import load_object
 
@@ -55,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ca-cert", help="CA certificate (PEM) that signed the server's certificate")
     p.add_argument("--node-key", help="this node's private key (OpenSSH EC), registered on the server")
     p.add_argument("--data-dir", help="this node's data folder (get_dataset_dir)")
-    p.add_argument("--out", default="alphafed-client", help="this node's output folder")
+    p.add_argument("--out", help="this node's output folder (default: alphafed-client/<node>, named after "
+                                 "--node-key, --partition-id or --collaborator; two nodes never share one)")
     p.add_argument("--partition-id", type=int, help="train on this partition of the local data")
     p.add_argument("--num-partitions", type=int, help="number of partitions (with --partition-id)")
     p.add_argument("--collaborator", help="vertical: this node's collaborator script, path.py[:name]")
@@ -98,6 +106,24 @@ def node_config(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         load_object(resolved, HeteroNNCollaboratorScheduler)  # fail fast, here
         config["collaborator"] = resolved
     return config
+
+
+def default_out(args: argparse.Namespace) -> Path:
+    """A folder of this node's own: ``alphafed-client/<node>``.
+
+    The node is named after its key, else its partition, else its collaborator script;
+    a node with none of them gets ``node``, and a second such node on the machine is
+    refused by the folder lock (:func:`~alphafed_flwr.deploy.processes.claim_folder`).
+    """
+    if args.node_key:
+        name = Path(args.node_key).stem
+    elif args.partition_id is not None:
+        name = f"partition-{args.partition_id}-of-{args.num_partitions}"
+    elif args.collaborator:
+        name = "collaborator-" + Path(args.collaborator.split(":")[0]).stem
+    else:
+        name = "node"
+    return Path("alphafed-client") / name
 
 
 def supernode_flags(args: argparse.Namespace) -> list[str]:
@@ -228,8 +254,10 @@ class SuperNodeRunner:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     args = build_parser().parse_args(argv)
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out or default_out(args)).resolve()
+    lock = claim_folder(out, "node")  # noqa: F841 - held while the node runs
+    require_flower_scripts()
+    logger.info(check_flower("supernode", "auth", "executor"))
     if args.data_checker:
         ok, reason = check_data(args)
         if not ok:

@@ -167,24 +167,69 @@ def _collaborator_settings(context: Context) -> Any:
     )
 
 
-_local_app: ClientApp | None = None
+#: The message types each node role serves; a node refuses every other type.
+ROLE_MESSAGE_TYPES = {
+    "horizontal": ("train", "evaluate", "query.full_batch"),
+    "collaborator": ("query.hello", "query.psi", "train.exchange"),
+}
+_role_apps: dict[str, ClientApp] = {}
 
 
-def local_client_app() -> ClientApp:
-    """The adapters' ClientApp, built once per process (imports torch)."""
-    global _local_app  # noqa: PLW0603 - one per process
-    if _local_app is None:
+def node_role(context: Context) -> str:
+    """``collaborator`` for a node started with ``--collaborator``, else ``horizontal``."""
+    return "collaborator" if _text(dict(context.node_config), "collaborator") else "horizontal"
+
+
+def _role_app(role: str) -> ClientApp:
+    """The adapters' ClientApp of one role, built once per process (imports torch)."""
+    if role not in _role_apps:
         # pylint: disable=import-outside-toplevel
         from alphafed_flwr.adapters.horizontal_client import horizontal_client_app
         from alphafed_flwr.adapters.vertical_client import collaborator_client_app
 
-        app = horizontal_client_app(_horizontal_source, _horizontal_settings)
-        _local_app = collaborator_client_app(_collaborator_source, _collaborator_settings, app)
-    return _local_app
+        if role == "collaborator":
+            _role_apps[role] = collaborator_client_app(_collaborator_source, _collaborator_settings)
+        else:
+            _role_apps[role] = horizontal_client_app(_horizontal_source, _horizontal_settings)
+    return _role_apps[role]
+
+
+def serve_message(message: Message, context: Context) -> Message:
+    """Run a message with the app of this node's role; refuse the other roles' types.
+
+    A vertical collaborator never runs the horizontal handlers (they would load the
+    bundle's task file, the host's script) and a horizontal node never the vertical ones:
+    such a message gets an error reply naming the refused type, and is logged.
+    """
+    from flwr.app import Error  # pylint: disable=import-outside-toplevel
+    from flwr.common.constant import ErrorCode  # pylint: disable=import-outside-toplevel
+
+    from alphafed_flwr.api.log import logger  # pylint: disable=import-outside-toplevel
+
+    role, kind = node_role(context), message.metadata.message_type
+    if kind not in ROLE_MESSAGE_TYPES[role]:
+        reason = (
+            f"this node is a {role} node and refuses message type '{kind}' "
+            f"(it serves only {', '.join(ROLE_MESSAGE_TYPES[role])})"
+        )
+        logger.warning("Refused a message from the server: %s", reason)
+        return Message(Error(code=ErrorCode.MOD_FAILED_PRECONDITION, reason=reason), reply_to=message)
+    return _role_app(role)(message, context)
+
+
+def warm_up() -> None:
+    """Import the adapters (and torch) now, not during a node's first message."""
+    for role in ROLE_MESSAGE_TYPES:
+        _role_app(role)
+
+
+def local_client_app() -> Any:
+    """What runs a node's messages in this process: :func:`serve_message` (apps load lazily)."""
+    return serve_message
 
 
 def _run_here(message: Message, context: Context) -> Message:
-    return local_client_app()(message, context)
+    return serve_message(message, context)
 
 
 #: The bundle's ClientApp for Flower's own SuperExec (``--no-warm-executor``): light to

@@ -19,7 +19,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import re
 import shutil
+import stat
+import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -118,27 +122,110 @@ def _pyproject(config: Mapping[str, Any]) -> bytes:
     return tomli_w.dumps(document).encode()
 
 
+MAX_MANIFEST_BYTES = 1024 * 1024
+MAX_TASK_FILES = 10_000
+_STORED_NAME = re.compile(r"f[0-9]{1,6}\.py")
+_BAD_CHARS = ("/", "\\", "\x00", ":")
+
+
+def _refuse(problem: str) -> ConfigError:
+    return ConfigError(f"refused the app bundle: {problem} (a bundle built by alphafed-flwr never has this)")
+
+
+def _plain_file(path: Path, what: str) -> None:
+    """Refuse anything but a regular file (a link, a folder, a device...)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError as exc:
+        raise _refuse(f"{what} '{path.name}' is missing ({exc.strerror})") from None
+    if not stat.S_ISREG(mode):
+        raise _refuse(f"{what} '{path.name}' is not a regular file (links are refused)")
+
+
+def _original_name(name: Any) -> str:
+    if not isinstance(name, str) or not 0 < len(name) <= 255 or not name.endswith(".py"):
+        raise _refuse(f"task file name {name!r} is not a .py file name")
+    if any(c in name for c in _BAD_CHARS) or name.startswith(".") or not name.isprintable():
+        raise _refuse(f"task file name {name!r} is not a plain file name (no folders, '..' or absolute paths)")
+    return name
+
+
+def parse_manifest(data: bytes) -> dict[str, Any]:
+    """Validate a bundle's ``task/manifest.json``; ``ConfigError`` naming what is wrong.
+
+    Original names must be plain ``.py`` file names (no ``/``, ``\\``, ``..``, absolute
+    paths, hidden or unprintable names), stored names ``f<i>.py``, and the entry one of
+    the files.
+    """
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise _refuse(f"the manifest is over {MAX_MANIFEST_BYTES} bytes")
+    try:
+        manifest = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise _refuse(f"the manifest is not JSON ({type(exc).__name__})") from None
+    if not isinstance(manifest, dict) or set(manifest) != {"files", "entry", "name"}:
+        raise _refuse("the manifest must be an object with exactly 'files', 'entry' and 'name'")
+    files, entry, name = manifest["files"], manifest["entry"], manifest["name"]
+    if not isinstance(files, dict) or not 0 < len(files) <= MAX_TASK_FILES:
+        raise _refuse(f"'files' must map 1..{MAX_TASK_FILES} names")
+    for original, stored in files.items():
+        _original_name(original)
+        if not isinstance(stored, str) or not _STORED_NAME.fullmatch(stored):
+            raise _refuse(f"stored name {stored!r} is not f<i>.py")
+    if len(set(files.values())) != len(files):
+        raise _refuse("two task files share a stored name")
+    if not isinstance(entry, str) or entry not in files:
+        raise _refuse(f"entry {entry!r} is not one of the task files")
+    if name is not None and not (isinstance(name, str) and all(p.isidentifier() for p in name.split("."))):
+        raise _refuse(f"object name {name!r} is not a Python name")
+    return manifest
+
+
+def read_manifest(app_dir: Path) -> dict[str, Any]:
+    """The validated manifest of an installed bundle."""
+    folder = app_dir / TASK_FOLDER
+    if folder.is_symlink() or not folder.is_dir():
+        raise _refuse(f"'{TASK_FOLDER}' is not a folder")
+    _plain_file(app_dir / MANIFEST, "the manifest")
+    return parse_manifest((app_dir / MANIFEST).read_bytes())
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+
+
 def materialize(app_dir: Path) -> Path:
-    """Restore the task files under their own names; return their folder (idempotent)."""
-    manifest = json.loads((app_dir / MANIFEST).read_text())
+    """Restore the task files under their own names; return their folder (idempotent).
+
+    Only regular files inside the bundle's ``task/`` folder are read, and only plain names
+    are written, each as a new file in a fresh folder (never through a link).
+    """
+    manifest = read_manifest(app_dir)
     target = app_dir / "task_files"
     marker = target / ".complete"
+    if target.is_symlink():
+        raise _refuse("'task_files' is a link")
     if not marker.exists():
-        tmp = app_dir / f"task_files.tmp{id(manifest)}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for original, stored in manifest["files"].items():
-            shutil.copyfile(app_dir / TASK_FOLDER / stored, tmp / original)
-        (tmp / ".complete").write_text("ok")
+        tmp = Path(tempfile.mkdtemp(prefix="task_files.tmp", dir=app_dir))
         try:
+            for original, stored in manifest["files"].items():
+                source = app_dir / TASK_FOLDER / stored
+                _plain_file(source, "task file")
+                _write_new(tmp / original, source.read_bytes())
+            _write_new(tmp / ".complete", b"ok")
             tmp.rename(target)
         except OSError:  # another process was faster
+            if not marker.exists():
+                raise
+        finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
 def task_ref_in(app_dir: Path) -> str:
     """``path[:name]`` of the task file in an installed bundle."""
-    manifest = json.loads((app_dir / MANIFEST).read_text())
+    manifest = read_manifest(app_dir)
     path = materialize(app_dir) / manifest["entry"]
     return f"{path}:{manifest['name']}" if manifest.get("name") else str(path)

@@ -133,11 +133,14 @@ def serve(address: str, poll_interval: float) -> None:
     from flwr.proto.runtime_pb2 import AcquireTaskRequest
     from flwr.supercore.constant import TaskType
 
-    from alphafed_flwr.deploy.apps import local_client_app
+    from alphafed_flwr.deploy.apps import warm_up
     from alphafed_flwr.deploy.latency import quick_object_pulls
 
+    from alphafed_flwr.compat import check_flower
+
+    logger.info(check_flower("executor", "supernode"))
     quick_object_pulls()
-    local_client_app()  # imports torch and the adapters now, not during the first message
+    warm_up()
     client = _client(address, "SuperExec")
     request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
     logger.info("Warm executor ready: ClientApp tasks of the SuperNode at %s run in this process", address)

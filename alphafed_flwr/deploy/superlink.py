@@ -110,7 +110,7 @@ async def serve(configs: list[Any], superexec: subprocess.Popen[bytes] | None) -
     import uvicorn  # pylint: disable=import-outside-toplevel
 
     servers = [uvicorn.Server(c) for c in configs]
-    tasks = [asyncio.create_task(s.serve()) for s in servers]
+    tasks = [asyncio.create_task(_serve(s)) for s in servers]
     while not any(t.done() for t in tasks):
         if superexec is not None and superexec.poll() is not None:
             print(f"The SuperExec exited (code {superexec.returncode}); stopping the SuperLink", file=sys.stderr)
@@ -118,7 +118,16 @@ async def serve(configs: list[Any], superexec: subprocess.Popen[bytes] | None) -
         await asyncio.wait(tasks, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
     for server in servers:
         server.should_exit = True
-    await asyncio.gather(*tasks, return_exceptions=True)
+    for result in await asyncio.gather(*tasks, return_exceptions=True):
+        if isinstance(result, Exception):
+            raise SystemExit(f"SuperLink: {result}")
+
+
+async def _serve(server: Any) -> None:
+    try:
+        await server.serve()
+    except SystemExit as exc:  # uvicorn exits when it cannot bind; it has logged why
+        raise RuntimeError(f"a listener could not start (exit {exc.code})") from None
 
 
 def read_token() -> str:

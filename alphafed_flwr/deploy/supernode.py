@@ -11,6 +11,7 @@ import importlib
 import os
 import sys
 
+from alphafed_flwr.compat import check_flower
 from alphafed_flwr.deploy.latency import SLEEP_CAP_ENV, cap_supernode_sleeps, quick_object_pulls
 
 
@@ -19,6 +20,7 @@ def main() -> None:
     from alphafed_flwr.deploy.processes import exit_with_parent  # pylint: disable=C0415
 
     exit_with_parent()
+    check_flower("supernode")  # Flower changed: fail here, loudly, not later
     cap = os.environ.get(SLEEP_CAP_ENV)
     if cap:
         cap_supernode_sleeps(float(cap))
