@@ -145,11 +145,15 @@ def as_points(points: Any, count: int | None = None) -> np.ndarray:
 def canonical_ids(ids: Iterable[Any]) -> dict[str, Any]:
     """``str(id) -> id`` (the first of several IDs with the same string wins); an ID that is
     not valid Unicode is a ``PsiError`` naming its position."""
+    ids = list(ids)
     out: dict[str, Any] = {}
-    for position, sample_id in enumerate(ids):
-        text = str(sample_id)
-        encode_id(text, position)
-        out.setdefault(text, sample_id)
+    for sample_id in ids:
+        out.setdefault(str(sample_id), sample_id)
+    try:
+        "".join(out).encode("utf-8")  # one pass in C; find the culprit only on failure
+    except UnicodeEncodeError:
+        for position, sample_id in enumerate(ids):
+            encode_id(sample_id, position)
     return out
 
 

@@ -1,0 +1,175 @@
+"""PSI near the primitive's limit: a host and one collaborator with 1,000,000 IDs each, half
+in common, as two deployments on loopback (``python -m alphafed_flwr.server`` and ``.client``,
+Flower's SuperLink and SuperNode), against the limit measured in the same run.
+
+    python bench/psi.py [--ids 1000000] [--rate-seconds 8]
+
+The two-party protocol takes 4n scalar multiplications (n = IDs per party: each party
+blinds its own list and the other's). The limit is 4n divided by the rate of raw scalar
+multiplications on both cores (two processes at once), measured just before and just after
+the PSI; the figure is their mean. Two limits are printed: with X25519 (``cryptography``),
+the issue's yardstick, and with ristretto255 (libsodium through ``rbcl``), the group the PSI
+uses (a standard hash to the group needs it; see the README). The PSI time is the host's
+own log line (start to the last reply); memory is the peak, sampled every 0.5 s, of the
+resident set sizes summed over each side's process tree (psutil). The task is
+``bench/psi_task.py``; messages carry chunks of ``alphafed_flwr.psi.CHUNK`` points.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from common import ROOT
+
+TASK = "bench/psi_task.py"
+
+
+def _multiply_for(kind: str, seconds: float, out: Any) -> None:
+    """One process: scalar multiplications of ``kind`` for ``seconds``; puts the rate."""
+    if kind == "x25519":
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey  # noqa: PLC0415
+
+        key = X25519PrivateKey.generate()
+        peers = [X25519PrivateKey.generate().public_key() for _ in range(256)]
+        step = lambda: [key.exchange(p) for p in peers]  # noqa: E731
+    else:
+        from alphafed_flwr.psi import hash_to_point  # noqa: PLC0415
+        from alphafed_flwr.psi_core import _group, new_key  # noqa: PLC0415
+
+        mult, key = _group().crypto_scalarmult_ristretto255, new_key()
+        points = [hash_to_point(i) for i in range(256)]
+        step = lambda: [mult(key, p) for p in points]  # noqa: E731
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        step()
+        done += 256
+    out.put(done / (time.perf_counter() - start))
+
+
+def rate(kind: str, seconds: float, cores: int = 2) -> float:
+    """Scalar multiplications per second on ``cores`` processes running at once."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_multiply_for, args=(kind, seconds, queue)) for _ in range(cores)]
+    for proc in procs:
+        proc.start()
+    rates = [queue.get(timeout=seconds + 120) for _ in procs]
+    for proc in procs:
+        proc.join()
+    return sum(rates)
+
+
+def tree_rss(pid: int) -> float:
+    """Summed RSS (bytes) of a process and its descendants."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for proc in procs:
+        try:
+            total += proc.memory_info().rss
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
+def free_port() -> int:
+    from alphafed_flwr.deploy.processes import free_port as port  # noqa: PLC0415
+
+    return port()
+
+
+def deploy(ids: int, out: Path) -> dict[str, Any]:
+    """Server and client commands on loopback; the host's PSI seconds and peak memory."""
+    address = f"127.0.0.1:{free_port()}"
+    env = {**os.environ, "NO_COLOR": "1", "PSI_BENCH_IDS": str(ids)}
+    out.mkdir(parents=True, exist_ok=True)
+    client_log, server_log = (out / "client.log").open("w"), (out / "server.log").open("w")
+    client = subprocess.Popen(  # noqa: S603
+        [sys.executable, "-m", "alphafed_flwr.client", "--server", address, "--insecure",
+         "--collaborator", f"{TASK}:collaborator", "--out", str(out / "collaborator")],
+        cwd=ROOT, env=env, stdout=client_log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    server = subprocess.Popen(  # noqa: S603
+        [sys.executable, "-m", "alphafed_flwr.server", "--host", f"{TASK}:host", "--collaborators", "1",
+         "--rounds", "1", "--address", address, "--out", str(out / "host"), "--insecure", "--fresh"],
+        cwd=ROOT, env=env, stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    peaks = {"host": 0.0, "collaborator": 0.0, "both": 0.0}
+
+    def sample() -> None:
+        while server.poll() is None:
+            host, collab = tree_rss(server.pid), tree_rss(client.pid)
+            peaks.update(host=max(peaks["host"], host), collaborator=max(peaks["collaborator"], collab),
+                         both=max(peaks["both"], host + collab))
+            time.sleep(0.5)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    start = time.monotonic()
+    sampler.start()
+    try:
+        server.wait(timeout=3600)
+    finally:
+        wall = time.monotonic() - start
+        client.terminate()
+        client.wait(60)
+        sampler.join()
+        client_log.close()
+        server_log.close()
+    text = (out / "server.log").read_text()
+    found = re.search(r"Private set intersection: (\d+) common IDs .* in ([\d.]+)s", text)
+    if server.returncode != 0 or not found:
+        raise RuntimeError(f"the deployment failed; see {out / 'server.log'} and {out / 'client.log'}")
+    return {"common": int(found[1]), "psi_seconds": float(found[2]), "wall": wall,
+            **{f"peak_rss_gb_{k}": v / 1e9 for k, v in peaks.items()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ids", type=int, default=1_000_000, help="IDs per party (half in common)")
+    parser.add_argument("--rate-seconds", type=float, default=8.0, help="length of each rate measurement")
+    parser.add_argument("--out", type=Path, default=None, help="run folder (default: a temporary one)")
+    args = parser.parse_args()
+    out = args.out or Path(tempfile.mkdtemp(prefix="psi-bench-"))
+    before = {k: rate(k, args.rate_seconds) for k in ("x25519", "ristretto255")}
+    run = deploy(args.ids, out)
+    after = {k: rate(k, args.rate_seconds) for k in ("x25519", "ristretto255")}
+    mults = 4 * args.ids
+    result: dict[str, Any] = {"ids": args.ids, "multiplications": mults, **run}
+    for kind in before:
+        both = (before[kind] + after[kind]) / 2
+        result[f"{kind}_rate_both_cores"] = both
+        result[f"{kind}_rate_spread"] = [before[kind], after[kind]]
+        result[f"limit_{kind}_s"] = mults / both
+        result[f"ratio_{kind}"] = run["psi_seconds"] / (mults / both)
+    if run["common"] != args.ids // 2:
+        raise RuntimeError(f"{run['common']} common IDs, expected {args.ids // 2}")
+    print(json.dumps(result, indent=1))
+    print(
+        f"README: PSI {args.ids:,} x {args.ids:,} IDs (50% common), loopback deployment: "
+        f"{run['psi_seconds']:.1f} s = {result['ratio_ristretto255']:.2f}x the ristretto255 limit "
+        f"({result['limit_ristretto255_s']:.1f} s: 4n / {result['ristretto255_rate_both_cores']:,.0f} per s on 2 cores), "
+        f"{result['ratio_x25519']:.2f}x the X25519 limit ({result['limit_x25519_s']:.1f} s: 4n / "
+        f"{result['x25519_rate_both_cores']:,.0f} per s); peak RSS host {run['peak_rss_gb_host']:.2f} GB, "
+        f"collaborator {run['peak_rss_gb_collaborator']:.2f} GB (together {run['peak_rss_gb_both']:.2f} GB); "
+        f"whole run {run['wall']:.0f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()
