@@ -70,9 +70,11 @@ class SecureCollaborator(VerticalCollaborator):
         if payload.get("begin"):
             reply.update(self._setup(payload))
         self.keys = self._keys()
-        recorded = self.store.get(self.key, server_round) or self._record(server_round)
-        if payload.get("begin"):
+        if payload.get("begin"):  # the round's inputs, recorded afresh (see feature_replay)
+            recorded = self._record(server_round)
             reply["batches"] = recorded.num_batches
+        else:
+            recorded = self.store.get(self.key, server_round) or self._record(server_round)
         if "grad-batch" in payload:
             self._apply_gradients(payload, recorded, server_round)
         if payload.get("send"):
