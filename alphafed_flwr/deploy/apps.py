@@ -61,11 +61,8 @@ def _server_main(grid: Grid, context: Context) -> None:
     data_dir = _text(config, "server-data-dir")
     logger.info("ServerApp: task %s, outputs in %s", ref, out)
     if config.get("mode") == "vertical":
-        from alphafed_flwr.adapters.vertical_host import (
-            VerticalHost,
-            VerticalSettings,
-            run_vertical_host,
-        )
+        from alphafed_flwr.adapters.secure_host import vertical_classes
+        from alphafed_flwr.adapters.vertical_host import VerticalSettings, run_vertical_host
         from alphafed_flwr.api.hetero_nn import HeteroNNHostScheduler
         from alphafed_flwr.strategies.split_learning import SplitLearning
 
@@ -83,13 +80,14 @@ def _server_main(grid: Grid, context: Context) -> None:
             batches_per_exchange=int(config.get("batches-per-exchange", 1)),
             record=config,
         )
-        strategy = SplitLearning(
+        host_class, strategy_class = vertical_classes(host)  # secure HeteroNN or plain
+        strategy = strategy_class(
             num_collaborators=settings.num_collaborators,
             schedule_timeout=float(host.schedule_timeout),
             calculation_timeout=float(host.calculation_timeout),
             batches_per_exchange=settings.batches_per_exchange,
         )
-        run_vertical_host(grid, VerticalHost(host, settings), strategy)
+        run_vertical_host(grid, host_class(host, settings), strategy)  # type: ignore[arg-type]
         return
     from alphafed_flwr.adapters.horizontal_server import HorizontalServer, ServerSettings
     from alphafed_flwr.api.fed_avg import FedAvgScheduler
@@ -170,7 +168,7 @@ def _collaborator_settings(context: Context) -> Any:
 #: The message types each node role serves; a node refuses every other type.
 ROLE_MESSAGE_TYPES = {
     "horizontal": ("train", "evaluate", "query.full_batch"),
-    "collaborator": ("query.hello", "query.psi", "train.exchange"),
+    "collaborator": ("query.hello", "query.psi", "train.exchange", "train.secure"),
 }
 _role_apps: dict[str, ClientApp] = {}
 
@@ -185,10 +183,12 @@ def _role_app(role: str) -> ClientApp:
     if role not in _role_apps:
         # pylint: disable=import-outside-toplevel
         from alphafed_flwr.adapters.horizontal_client import horizontal_client_app
+        from alphafed_flwr.adapters.secure_client import add_secure_handler
         from alphafed_flwr.adapters.vertical_client import collaborator_client_app
 
         if role == "collaborator":
-            _role_apps[role] = collaborator_client_app(_collaborator_source, _collaborator_settings)
+            app = collaborator_client_app(_collaborator_source, _collaborator_settings)
+            _role_apps[role] = add_secure_handler(app, _collaborator_source, _collaborator_settings)
         else:
             _role_apps[role] = horizontal_client_app(_horizontal_source, _horizontal_settings)
     return _role_apps[role]
@@ -235,6 +235,6 @@ def _run_here(message: Message, context: Context) -> Message:
 #: The bundle's ClientApp for Flower's own SuperExec (``--no-warm-executor``): light to
 #: import; the adapters (and torch) load on the first message.
 client_app = ClientApp()
-for _type in ("train", "evaluate", "query.full_batch", "query.hello", "query.psi", "train.exchange"):
+for _type in ("train", "evaluate", "query.full_batch", "query.hello", "query.psi", "train.exchange", "train.secure"):
     _category, _, _action = _type.partition(".")
     getattr(client_app, _category)(_action or "default")(_run_here)
