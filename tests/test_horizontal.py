@@ -50,7 +50,10 @@ def test_a_run_writes_every_output_and_keeps_optimizer_state(tmp_path: Path, tin
     rows = list(csv.DictReader((out / "metrics" / "test_results.csv").open()))
     assert [r["round"] for r in rows] == ["1", "2"]
     client_rows = list(csv.DictReader((out / "metrics" / "clients" / "client-0.csv").open()))
-    assert client_rows[-1]["round"] == "2" and float(client_rows[-1]["accuracy"]) >= 0
+    # each client tests the final global model on its (here: the same) 100 test images
+    assert [r["round"] for r in client_rows] == ["2"]
+    assert float(client_rows[-1]["accuracy"]) == pytest.approx(summary["final_test"]["accuracy"])
+    assert float(client_rows[-1]["loss"]) == pytest.approx(float(rows[-1]["loss"]))
     for name in ("model.pt", "summary.json", "checkpoint/checkpoint.npz"):
         assert (out / name).exists()
     assert list((out / "tensorboard" / "server").glob("events*"))
@@ -94,3 +97,35 @@ def test_a_restarted_run_resumes_from_its_last_checkpoint(tmp_path: Path, tiny_m
     rows = list(csv.DictReader((tmp_path / "out" / "metrics" / "test_results.csv").open()))
     assert [r["round"] for r in rows] == ["1", "3"]  # round 1 kept; round 3 is the last (tested)
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["status"] == "completed"
+
+
+STOPS_EARLY = '''
+from alphafed.scheduler import TaskComplete
+
+
+class StopsEarly(TinyTask):
+    def is_task_finished(self):
+        if self.current_round >= 2:
+            raise TaskComplete("enough")
+        return False
+
+
+scheduler = StopsEarly('''
+
+
+def test_task_complete_ends_the_run_early(tmp_path: Path, tiny_mnist: Path) -> None:
+    path = write_fedavg(tmp_path, name="early.py", args="max_rounds=5, log_rounds=4")
+    path.write_text(path.read_text().replace("\nscheduler = TinyTask(", STOPS_EARLY))
+    sched = load_object(str(path), FedAvgScheduler).obj
+    assert type(sched).__name__ == "StopsEarly"
+    template = PickledTemplate(sched)
+    _, grid = setup(tmp_path, tiny_mnist)
+    app = horizontal_client_app(lambda ctx: template, lambda ctx: ClientSettings(
+        task_id="tiny", out_dir=str(tmp_path / "out"), data_dir=str(tiny_mnist), partition="iid", seed=0))
+    grid.handlers = {n: (lambda m, c: app(m, c)) for n in grid.handlers}
+    summary = server(template, tmp_path, tiny_mnist).run(grid)
+    assert summary["status"] == "completed" and summary["rounds_completed"] == 2
+    assert [r["round"] for r in summary["rounds"]] == [1, 2]
+    assert [m.metadata.message_type for m in grid.sent].count("train") == 2 * 2
+    rows = list(csv.DictReader((tmp_path / "out" / "metrics" / "test_results.csv").open()))
+    assert [r["round"] for r in rows] == ["1", "2"]  # the last round run is tested

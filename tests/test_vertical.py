@@ -34,7 +34,7 @@ from alphafed_flwr.adapters.templates import PickledTemplate
 from alphafed_flwr.adapters.vertical_client import MODEL, CollaboratorSettings, collaborator_client_app
 from alphafed_flwr.adapters.vertical_common import ids_set_digest, split_digest
 from alphafed_flwr.adapters.vertical_host import VerticalHost, VerticalSettings, run_vertical_host
-from alphafed_flwr.api import TaskFailed
+from alphafed_flwr.api import TaskComplete, TaskFailed
 from alphafed_flwr.api.errors import UserCodeError
 from alphafed_flwr.strategies.payload import decode, encode
 from alphafed_flwr.strategies.split_learning import SplitLearning
@@ -48,7 +48,7 @@ def fresh_process() -> None:
     InputStore._memory.clear()
 
 
-def run(tmp_path: Path, host: Host, collaborators: list[Collaborator], rounds: int = 2, k: int = 1,
+def run(tmp_path: Path, host: Host, collaborators: list[Collaborator], rounds: int | None = 2, k: int = 1,
         fresh: bool = True, wrap: Callable[[Handler], Handler] | None = None,
         grids: list[FakeGrid] | None = None) -> tuple[VerticalHost, dict, FakeGrid]:
     """Run a host and collaborators in-process; ``wrap`` wraps each node's handler, ``grids``
@@ -353,3 +353,19 @@ def test_a_collaborator_that_drops_its_digests_is_caught(tmp_path: Path) -> None
 
     with pytest.raises(TaskFailed, match="training batch 2: the host yields sample IDs .* collaborator 'c1' does not"):
         run(tmp_path, Host(yield_ids=True), [Collaborator(yield_ids=True)], rounds=1, wrap=tamper(2, reply=no_digests))
+
+
+class StopsEarly(Host):
+    def is_task_finished(self) -> bool:
+        if self.current_round >= 2:
+            raise TaskComplete("enough")
+        return False
+
+
+def test_task_complete_ends_a_vertical_run_early(tmp_path: Path) -> None:
+    vertical, summary, grid = run(tmp_path, StopsEarly(max_rounds=5, log_rounds=4), [Collaborator()], rounds=None)
+    assert summary["status"] == "completed" and summary["rounds_completed"] == 2
+    assert [r["round"] for r in summary["rounds"]] == [1, 2]
+    assert summary["rounds"][-1]["test"]  # the last round run is tested
+    assert vertical.checkpoints.rounds() == [1, 2]
+    assert [m.metadata.message_type for m in grid.sent].count("train.exchange") == 2 * (4 + 1) + 1
