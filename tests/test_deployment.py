@@ -264,14 +264,34 @@ def test_tls_node_authentication_and_a_guarded_control_api(cluster: Cluster, tin
     for i in (1, 2):
         cluster.client(f"client-{i}", *tls, "--node-key", str(certs[f"node-{i}"]),
                        "--data-dir", str(tiny_mnist), "--partition-id", str(i - 1), "--num-partitions", "2")
-    # the Control API (start runs, register nodes) answers nobody without the server's token
-    response = httpx.post(f"https://{cluster.address}/v1/control/list-runs", verify=str(certs["ca"]), content=b"")
-    assert response.status_code == 403
+    # the public port serves the Fleet API only: no Control API (start runs), no runtime API
+    for path in ("/v1/control/list-runs", "/v1/runtime/pull-app-inputs"):
+        response = httpx.post(f"https://{cluster.address}{path}", verify=str(certs["ca"]), content=b"",
+                              headers={"X-Forwarded-For": "127.0.0.1"})
+        assert response.status_code == 403, path
+    # the control token is in no process's environment or command line (SuperExec, ServerApp)
+    tree = wait_for(lambda: _tree_with_serverapp(server), 240, "the ServerApp process", [server])
+    for proc in tree:
+        try:
+            assert not any("CONTROL_TOKEN" in key for key in proc.environ()), proc.cmdline()
+            launched = [arg for arg in proc.cmdline() if arg.endswith("flwr-serverapp")]
+            assert all(Path(arg).parent == scripts_dir() for arg in launched), launched  # this environment's
+        except psutil.NoSuchProcess:
+            continue
     assert server.wait(300) == 0, server.text()[-4000:]
     result = summary(out)
     assert result["status"] == "completed" and result["rounds_completed"] == 2
     assert all(r["train"]["num-results"] == 2 for r in result["rounds"])
     assert (out / "model.pt").exists() and (out / "metrics" / "test_results.csv").exists()
+
+
+def _tree_with_serverapp(proc) -> list[psutil.Process]:  # noqa: ANN001
+    """The server command's process tree once a ServerApp runs in it (else [])."""
+    try:
+        tree = [psutil.Process(proc.process.pid), *psutil.Process(proc.process.pid).children(recursive=True)]
+        return tree if any("flwr-serverapp" in " ".join(p.cmdline()) for p in tree) else []
+    except psutil.NoSuchProcess:
+        return []
 
 
 def test_a_killed_client_and_a_killed_server(cluster: Cluster, tiny_mnist: Path) -> None:
