@@ -98,3 +98,16 @@ def test_fedsgd_with_a_mini_batch_loader_fails_before_training(
     assert code == 2
     assert "batch_size=64 while its dataset has 240 samples" in err
     assert not (tmp_path / "o" / "summary.json").exists()
+
+
+def test_a_task_importing_a_missing_sdk_name_fails_clearly(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from alphafed_flwr.cli import run_cli
+
+    (tmp_path / "dp.py").write_text("import torch\nfrom alphafed.fed_avg import DPFedAvgScheduler\n")
+    code = run_cli(simulation_main, [str(tmp_path / "dp.py"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert "DPFedAvgScheduler is not available yet" in err and "issue 11" in err
+    assert "use FedAvgScheduler instead" in err and "dp.py:2" in err
