@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from fakegrid import FakeGrid
+from flwr.app import Context, Message, MetricRecord
 from tasks import write_fedavg
 
 from alphafed_flwr.adapters import templates
@@ -129,3 +134,80 @@ def test_task_complete_ends_the_run_early(tmp_path: Path, tiny_mnist: Path) -> N
     assert [m.metadata.message_type for m in grid.sent].count("train") == 2 * 2
     rows = list(csv.DictReader((tmp_path / "out" / "metrics" / "test_results.csv").open()))
     assert [r["round"] for r in rows] == ["1", "2"]  # the last round run is tested
+
+
+def _drop_a_key(reply: Message) -> None:
+    arrays = reply.content["arrays"]
+    del arrays[next(iter(arrays.keys()))]
+
+
+def _set_weight(value: object) -> Callable[[Message], None]:
+    def change(reply: Message) -> None:
+        metrics = {k: v for k, v in reply.content["metrics"].items() if k != "num-examples"}
+        if value is not None:
+            metrics["num-examples"] = value
+        reply.content["metrics"] = MetricRecord(metrics)
+
+    return change
+
+
+def _crash(reply: Message) -> None:
+    raise RuntimeError("client crashed")
+
+
+BAD_UPDATES = {  # node: (how its train reply is spoiled, what the log says)
+    2: (_drop_a_key, "keys differ"),
+    3: (_set_weight(None), "num-examples"),
+    4: (_set_weight(0), "must be positive"),
+    5: (_set_weight(-7), "must be positive"),
+    6: (_crash, "the client failed"),
+}
+
+
+def test_bad_updates_and_the_servers_own_are_rejected_and_never_averaged(
+    tmp_path: Path, tiny_mnist: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Through the adapters: one honest client, five spoiled replies, and a server whose own
+    update (``involve_aggregator``) is NaN; the new global model is the honest update."""
+    template, grid = setup(tmp_path, tiny_mnist, clients=6, args="max_rounds=1, involve_aggregator=True")
+    honest: dict[str, np.ndarray] = {}
+
+    def spoil(node: int) -> Callable[[Message, Context], Message]:
+        inner = grid.handlers[node]
+
+        def handler(message: Message, context: Context) -> Message:
+            reply = inner(message, context)
+            if message.metadata.message_type == "train":
+                if node in BAD_UPDATES:
+                    BAD_UPDATES[node][0](reply)
+                else:
+                    honest.update({k: v.numpy() for k, v in reply.content["arrays"].items()})
+            return reply
+
+        return handler
+
+    grid.handlers = {node: spoil(node) for node in grid.handlers}
+    srv = server(template, tmp_path, tiny_mnist)
+    trainer = srv.trainer
+    assert trainer is not None
+    train_locally = trainer.run_local_round
+
+    def nan_update() -> int:
+        count = train_locally()
+        with torch.no_grad():
+            next(trainer.model.parameters()).fill_(float("nan"))
+        return count
+
+    trainer.run_local_round = nan_update  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        summary = srv.run(grid)
+    assert summary["status"] == "completed"
+    assert summary["rounds"][0]["train"]["num-results"] == 1
+    final = torch.load(tmp_path / "out" / "model.pt")
+    assert set(final) == set(honest)
+    for key, value in honest.items():
+        np.testing.assert_allclose(final[key].numpy(), value, rtol=1e-6)
+    rejected = "\n".join(r.getMessage() for r in caplog.records if "Rejected" in r.getMessage())
+    for _, reason in BAD_UPDATES.values():
+        assert reason in rejected, reason
+    assert "the server's own update" in rejected and "NaN" in rejected
