@@ -129,7 +129,8 @@ def _horizontal_settings(context: Context) -> Any:
     return ClientSettings(
         task_id=str(run["task-id"]),
         out_dir=_text(node, "out-dir"),
-        data_dir=_text(node, "data-dir"),
+        # a node's own data folder; else a `flwr run` task folder's run config (its virtual nodes have none)
+        data_dir=_text(node, "data-dir") or _text(run, "data-dir"),
         partition=(_text(run, "partition") or "iid") if "partition-id" in node else None,
         alpha=float(run.get("alpha", 0.5)),
         samples=int(run.get("samples", 32)),

@@ -39,8 +39,9 @@ TASK_FOLDER = "task"
 MANIFEST = f"{TASK_FOLDER}/manifest.json"
 MAX_TASK_BYTES = 8 * 1024 * 1024  # leaves room under Flower's 10 MB cap
 
-SERVER_APP = '"""ServerApp of this bundle (see alphafed_flwr.deploy.apps)."""\n\nfrom alphafed_flwr.deploy.apps import server_app as app\n'
-CLIENT_APP = '"""ClientApp of this bundle (see alphafed_flwr.deploy.apps)."""\n\nfrom alphafed_flwr.deploy.apps import client_app as app\n'
+# `app = ...`, not `import ... as app`: `flwr run` (1.42) looks for an assignment to `app`.
+SERVER_APP = '"""ServerApp of this bundle (see alphafed_flwr.deploy.apps)."""\n\nfrom alphafed_flwr.deploy import apps\n\napp = apps.server_app\n'
+CLIENT_APP = '"""ClientApp of this bundle (see alphafed_flwr.deploy.apps)."""\n\nfrom alphafed_flwr.deploy import apps\n\napp = apps.client_app\n'
 
 
 def task_files(ref: TaskRef) -> dict[str, Path]:
