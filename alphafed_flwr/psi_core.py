@@ -46,10 +46,17 @@ def _group() -> ModuleType:
     return rbcl
 
 
-@functools.cache
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
 def _pool() -> ThreadPoolExecutor:
-    """Threads for the group operations (libsodium runs outside the GIL, so they use every core)."""
-    return ThreadPoolExecutor(WORKERS, thread_name_prefix="psi")
+    """Threads for the group operations (libsodium runs outside the GIL, so they use every
+    core); one pool per process, so a forked child never waits on its parent's threads."""
+    pid = os.getpid()
+    if pid not in _POOLS:
+        _POOLS.clear()
+        _POOLS[pid] = ThreadPoolExecutor(WORKERS, thread_name_prefix="psi")
+    return _POOLS[pid]
 
 
 def expand_message_xmd(msg: bytes, dst: bytes, length: int) -> bytes:

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from alphafed_flwr.api.log import logger
 from alphafed_flwr.psi_core import CHUNK, HOST_CHAIN, POINT_SIZE, PsiError, PsiParty, as_points
 
 Exchange = Callable[[dict[str, dict[str, Any]]], dict[str, dict[str, Any]]]
@@ -105,7 +106,9 @@ def _two_parties(
         next_own = ahead.submit(host.own_points, 0, min(chunk, n_h), [0])
         sent_h = sent_c = 0
         request: dict[str, Any] = {"sizes": sizes}
-        while True:
+        steps = max(-(-n_h // chunk), -(-n_c // chunk), 1)
+        for step in range(1, steps + 1):
+            logger.info("Private set intersection: exchange %d/%d", step, steps)
             if sent_h < n_h:
                 own = next_own.result()
                 request["blind"] = {HOST_CHAIN: own}
@@ -121,8 +124,6 @@ def _two_parties(
             if asked:
                 theirs.append(ahead.submit(host.blind, as_points(reply.get("own"), asked), 0))
                 sent_c += asked
-            if sent_h >= n_h and sent_c >= n_c:
-                break
             request = {}
         final_c = _stack([future.result() for future in theirs])
     finally:
@@ -154,6 +155,7 @@ def _chains(
         lists[chain] = host.shuffle(chain, host.blind(own[chain], 0))
     route = {HOST_CHAIN: list(range(m))} | {f"c{k}": [(k + d) % m for d in range(1, m)] for k in range(m)}
     for step in range(m):  # forward: every list gets every collaborator's key
+        logger.info("Private set intersection: hop %d/%d", step + 1, m)
         hops = {}
         for chain, path in route.items():
             hop = step if chain == HOST_CHAIN else step - 1

@@ -11,7 +11,10 @@ the PSI; the figure is their mean. Two limits are printed: with X25519 (``crypto
 the issue's yardstick, and with ristretto255 (libsodium through ``rbcl``), the group the PSI
 uses (a standard hash to the group needs it; see the README). The PSI time is the host's
 own log line (start to the last reply); memory is the peak, sampled every 0.5 s, of the
-resident set sizes summed over each side's process tree (psutil). The task is
+resident set sizes summed over each side's process tree (psutil). On a shared machine the
+wall-time ratio moves with other people's load, so the bench also prints the CPU seconds
+both parties' process trees spent during the PSI against the CPU seconds 4n bare
+multiplications take (rates per CPU second, same measurements). The task is
 ``bench/psi_task.py``; messages carry chunks of ``alphafed_flwr.psi.CHUNK`` points.
 """
 
@@ -52,15 +55,16 @@ def _multiply_for(kind: str, seconds: float, out: Any) -> None:
         mult, key = _group().crypto_scalarmult_ristretto255, new_key()
         points = [hash_to_point(i) for i in range(256)]
         step = lambda: [mult(key, p) for p in points]  # noqa: E731
-    done, start = 0, time.perf_counter()
+    done, start, cpu = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds:
         step()
         done += 256
-    out.put(done / (time.perf_counter() - start))
+    out.put((done / (time.perf_counter() - start), done / (time.process_time() - cpu)))
 
 
-def rate(kind: str, seconds: float, cores: int = 2) -> float:
-    """Scalar multiplications per second on ``cores`` processes running at once."""
+def rate(kind: str, seconds: float, cores: int = 2) -> tuple[float, float]:
+    """Scalar multiplications per second on ``cores`` processes running at once, and per
+    CPU second (their mean)."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     procs = [ctx.Process(target=_multiply_for, args=(kind, seconds, queue)) for _ in range(cores)]
@@ -69,11 +73,11 @@ def rate(kind: str, seconds: float, cores: int = 2) -> float:
     rates = [queue.get(timeout=seconds + 120) for _ in procs]
     for proc in procs:
         proc.join()
-    return sum(rates)
+    return sum(r[0] for r in rates), sum(r[1] for r in rates) / cores
 
 
-def tree_rss(pid: int) -> float:
-    """Summed RSS (bytes) of a process and its descendants."""
+def tree(pid: int, measure: Any) -> float:
+    """``measure(process)`` summed over a process and its descendants."""
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
@@ -82,10 +86,19 @@ def tree_rss(pid: int) -> float:
     total = 0.0
     for proc in procs:
         try:
-            total += proc.memory_info().rss
+            total += measure(proc)
         except psutil.NoSuchProcess:
             continue
     return total
+
+
+def rss(proc: psutil.Process) -> float:
+    return float(proc.memory_info().rss)
+
+
+def cpu(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return times.user + times.system + times.children_user + times.children_system
 
 
 def free_port() -> int:
@@ -111,12 +124,17 @@ def deploy(ids: int, out: Path) -> dict[str, Any]:
         cwd=ROOT, env=env, stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     peaks = {"host": 0.0, "collaborator": 0.0, "both": 0.0}
+    cpu_marks: list[float] = []  # CPU seconds of both trees when the PSI starts and ends
 
     def sample() -> None:
+        marks = ("Private set intersection of ", "Private set intersection: ")
         while server.poll() is None:
-            host, collab = tree_rss(server.pid), tree_rss(client.pid)
+            host, collab = tree(server.pid, rss), tree(client.pid, rss)
             peaks.update(host=max(peaks["host"], host), collaborator=max(peaks["collaborator"], collab),
                          both=max(peaks["both"], host + collab))
+            if len(cpu_marks) < 2 and re.search(marks[len(cpu_marks)] + r"\d+ (host|common) IDs",
+                                                 (out / "server.log").read_text()):
+                cpu_marks.append(tree(server.pid, cpu) + tree(client.pid, cpu))
             time.sleep(0.5)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -136,6 +154,7 @@ def deploy(ids: int, out: Path) -> dict[str, Any]:
     if server.returncode != 0 or not found:
         raise RuntimeError(f"the deployment failed; see {out / 'server.log'} and {out / 'client.log'}")
     return {"common": int(found[1]), "psi_seconds": float(found[2]), "wall": wall,
+            "psi_cpu_seconds": cpu_marks[1] - cpu_marks[0] if len(cpu_marks) == 2 else float("nan"),
             **{f"peak_rss_gb_{k}": v / 1e9 for k, v in peaks.items()}}
 
 
@@ -152,11 +171,14 @@ def main() -> None:
     mults = 4 * args.ids
     result: dict[str, Any] = {"ids": args.ids, "multiplications": mults, **run}
     for kind in before:
-        both = (before[kind] + after[kind]) / 2
+        both = (before[kind][0] + after[kind][0]) / 2
+        per_cpu = (before[kind][1] + after[kind][1]) / 2
         result[f"{kind}_rate_both_cores"] = both
-        result[f"{kind}_rate_spread"] = [before[kind], after[kind]]
+        result[f"{kind}_rate_spread"] = [before[kind][0], after[kind][0]]
         result[f"limit_{kind}_s"] = mults / both
         result[f"ratio_{kind}"] = run["psi_seconds"] / (mults / both)
+        result[f"{kind}_rate_per_cpu_second"] = per_cpu
+        result[f"cpu_ratio_{kind}"] = run["psi_cpu_seconds"] / (mults / per_cpu)
     if run["common"] != args.ids // 2:
         raise RuntimeError(f"{run['common']} common IDs, expected {args.ids // 2}")
     print(json.dumps(result, indent=1))
@@ -167,7 +189,9 @@ def main() -> None:
         f"{result['ratio_x25519']:.2f}x the X25519 limit ({result['limit_x25519_s']:.1f} s: 4n / "
         f"{result['x25519_rate_both_cores']:,.0f} per s); peak RSS host {run['peak_rss_gb_host']:.2f} GB, "
         f"collaborator {run['peak_rss_gb_collaborator']:.2f} GB (together {run['peak_rss_gb_both']:.2f} GB); "
-        f"whole run {run['wall']:.0f} s"
+        f"CPU seconds of both parties during the PSI {run['psi_cpu_seconds']:.0f} = "
+        f"{result['cpu_ratio_ristretto255']:.2f}x (ristretto255) / {result['cpu_ratio_x25519']:.2f}x (X25519) "
+        f"the CPU seconds of 4n bare multiplications; whole run {run['wall']:.0f} s"
     )
 
 
