@@ -1,6 +1,6 @@
 """Compressed split-learning exchanges: payload bytes and accuracy per codec, side by side.
 
-    python bench/compression.py [--rounds 20] [--k 1] [--data-dir ../shared/data]
+    python bench/compression.py [--rounds 20] [--k 16] [--data-dir ../shared/data]
 
 The task: the vertical MNIST example (left/right halves, 10 classes, batch 128, 5,000
 training and 10,000 test images) in the Ray simulation, with the host's ``exchange_codecs``
@@ -28,7 +28,6 @@ SETTINGS: dict[str, Any] = {
     "float32": None,
     "fp16": "fp16",
     "int8": "int8",
-    "topk:0.5": "topk:0.5",
     "topk:0.25": "topk:0.25",
     "topk:0.1": "topk:0.1",
     "topk:0.05": "topk:0.05",
@@ -52,7 +51,7 @@ def run_setting(args: argparse.Namespace, name: str, out: Path) -> dict[str, Any
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--k", type=int, default=1, help="batches per exchange")
+    parser.add_argument("--k", type=int, default=16, help="batches per exchange (default 16: 3 exchanges per epoch)")
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--data-dir", default=default_data_dir())
     parser.add_argument("--out", default="runs/bench/compression")
