@@ -110,3 +110,84 @@ def test_cpu_only_clients_are_not_shown_gpus(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv(ACCEL_OVERRIDE_ENV, "0")  # the old setting: zero-GPU actors saw every GPU
     hide_gpus_from_cpu_clients()
     assert os.environ[ACCEL_OVERRIDE_ENV] == "1"
+
+
+def _probe_app() -> tuple[object, object, list[dict[str, str]]]:
+    """A ServerApp that asks every node what Ray gave its actor, and the ClientApp that answers."""
+    # pylint: disable=import-outside-toplevel
+    import time
+
+    from flwr.app import ConfigRecord, Context, Message, RecordDict
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import Grid, ServerApp
+
+    seen: list[dict[str, str]] = []
+    server_app, client_app = ServerApp(), ClientApp()
+
+    @server_app.main()
+    def _main(grid: Grid, context: Context) -> None:
+        del context
+        deadline = time.monotonic() + 60
+        while len(list(grid.get_node_ids())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        asks = [Message(RecordDict({"ask": ConfigRecord({})}), dst_node_id=node, message_type="query")
+                for node in grid.get_node_ids()]
+        seen.extend(dict(r.content["env"]) for r in grid.send_and_receive(asks, timeout=120) if r.has_content())
+
+    @client_app.query()
+    def _answer(message: Message, context: Context) -> Message:
+        import ray
+
+        from alphafed_flwr.api.env import default_device
+
+        del context
+        return Message(RecordDict({"env": ConfigRecord({
+            "visible": os.environ.get("CUDA_VISIBLE_DEVICES", "unset"),
+            "ray_gpus": str(ray.get_gpu_ids()),
+            "device": str(default_device(None)),
+        })}), reply_to=message)
+
+    return server_app, client_app, seen
+
+
+@pytest.mark.parametrize(("gpus", "visible", "ray_gpus"), [(0.5, "0", "[0]"), (0.0, "", "[]")])
+def test_gpu_requests_reach_ray_and_cpu_clients_see_none(gpus: float, visible: str, ray_gpus: str) -> None:
+    """On a local Ray instance that declares one (fake) GPU: 0.5 GPU per client gives each
+    client actor GPU 0 (two share it); 0 hides it. No CUDA driver here, so the default
+    device stays the CPU (the fallback)."""
+    from alphafed_flwr.simulation.engine import run_ray_simulation  # pylint: disable=import-outside-toplevel
+
+    server_app, client_app, seen = _probe_app()
+    run_ray_simulation(server_app, client_app, 2, 1.0, {"num_gpus": 1, "num_cpus": 2}, gpus_per_client=gpus)
+    import torch  # pylint: disable=import-outside-toplevel
+
+    device = "cuda:0" if gpus and torch.cuda.is_available() else "cpu"
+    assert len(seen) == 2
+    assert all(s == {"visible": visible, "ray_gpus": ray_gpus, "device": device} for s in seen), seen
+
+
+def test_a_task_that_chose_cuda_on_the_driver_runs_on_the_cpu_without_a_gpu(caplog: pytest.LogCaptureFixture) -> None:
+    """SDK tasks set ``self.device`` in ``__init__``, which a simulation runs in the driver."""
+    import torch  # pylint: disable=import-outside-toplevel
+
+    from alphafed_flwr.adapters.templates import PickledTemplate  # pylint: disable=import-outside-toplevel
+    from alphafed_flwr.api.fed_avg import FedAvgScheduler  # pylint: disable=import-outside-toplevel
+
+    class Chooser(FedAvgScheduler):
+        def __init__(self, device: str) -> None:
+            super().__init__()
+            self.device = torch.device(device)
+
+        def build_model(self) -> None: ...
+        def build_optimizer(self, model: object) -> None: ...
+        def build_train_dataloader(self) -> None: ...
+        def build_test_dataloader(self) -> None: ...
+        def train_an_epoch(self) -> None: ...
+        def test(self) -> None: ...
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the CPU fallback does not apply")
+    with caplog.at_level("WARNING"):
+        assert PickledTemplate(Chooser("cuda")).new_instance().device == torch.device("cpu")
+    assert "--gpus-per-client" in caplog.text
+    assert PickledTemplate(Chooser("meta")).new_instance().device == torch.device("meta")  # other choices kept

@@ -55,8 +55,37 @@ class PickledTemplate:
         self.key = hashlib.sha1(self.payload).hexdigest()
 
     def new_instance(self) -> Scheduler:
-        """Unpickle a fresh copy."""
-        return cloudpickle.loads(self.payload)
+        """Unpickle a fresh copy (on a GPU-less client, a CUDA ``device`` becomes the CPU)."""
+        instance: Scheduler = cloudpickle.loads(self.payload)
+        fit_device(instance, self.key)
+        return instance
+
+
+_device_warned: set[str] = set()
+
+
+def fit_device(instance: Scheduler, key: str) -> None:
+    """Run on the CPU a scheduler whose ``__init__`` chose CUDA in another process.
+
+    AlphaFed tasks pick ``self.device`` in ``__init__``; in a simulation ``__init__`` runs
+    in the driver, so on a machine with a GPU every client would get ``cuda`` even when
+    Ray gave it no GPU (and hides every GPU from it). Such a client runs on the CPU, with
+    a warning (once per task and process).
+    """
+    import torch  # pylint: disable=import-outside-toplevel
+
+    if instance.device.type != "cuda" or torch.cuda.is_available():
+        return
+    instance.device = "cpu"
+    if key not in _device_warned:
+        _device_warned.add(key)
+        from alphafed_flwr.api.log import logger  # pylint: disable=import-outside-toplevel
+
+        logger.warning(
+            "%s chose device cuda, but this process has no GPU (Ray gives a client GPUs only "
+            "with --gpus-per-client): it runs on the CPU",
+            type(instance).__name__,
+        )
 
 
 class TaskFileTemplate:

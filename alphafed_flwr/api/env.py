@@ -69,8 +69,17 @@ def current_environment() -> RunEnvironment | None:
 
 def default_device(env: RunEnvironment | None) -> torch.device:
     """The device a scheduler uses unless its code sets ``self.device``: ``env.device``,
-    else the CPU."""
-    return torch.device(env.device if env is not None and env.device else "cpu")
+    else this process's GPU, else the CPU.
+
+    In a Ray simulation a client's GPU is the one Ray assigned to its actor
+    (``--gpus-per-client``; Ray hides every GPU from clients that asked for none); the
+    server and a deployed node use their machine's first visible GPU.
+    """
+    if env is not None and env.device:
+        return torch.device(env.device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def default_cache_dir() -> Path:
