@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from .checks import ArrayRejected, check_array
+from .checks import DEFAULT_MAX_ABS, ArrayRejected, check_array
 
 MAX_VALUES = 1 << 27  # largest decoded array (values): 512 MiB of float32
 MAX_NDIM = 8
@@ -180,7 +180,9 @@ def pack(name: str, arrays: list[np.ndarray], codec: Codec) -> dict[str, Any]:
     return out
 
 
-def unpack(payload: Mapping[str, Any], name: str, party: str, max_items: int = 1 << 16) -> list[np.ndarray]:
+def unpack(
+    payload: Mapping[str, Any], name: str, party: str, max_abs: float = DEFAULT_MAX_ABS, max_items: int = 1 << 16
+) -> list[np.ndarray]:
     """The arrays that ``pack`` put under ``name`` (``[]`` if absent), decoded and checked.
 
     Parameters
@@ -191,6 +193,8 @@ def unpack(payload: Mapping[str, Any], name: str, party: str, max_items: int = 1
         The entry, for example ``"features"`` or ``"grads"``.
     party : str
         The sender, named in errors.
+    max_abs : float (default: checks.DEFAULT_MAX_ABS)
+        Largest absolute value accepted in a decoded array.
     max_items : int (default: 65536)
         Most arrays accepted in one list.
 
@@ -216,7 +220,7 @@ def unpack(payload: Mapping[str, Any], name: str, party: str, max_items: int = 1
             array = decode(codec_name, {p: v[i] for p, v in parts.items()})
         except CodecError as exc:
             raise CodecError(f"{name}[{i}] from {party} ({codec_name}) rejected: {exc}") from None
-        out.append(check_array(array, party, f"{name}[{i}] ({codec_name})"))
+        out.append(check_array(array, party, f"{name}[{i}] ({codec_name})", max_abs=max_abs))
     return out
 
 
@@ -275,9 +279,11 @@ class ExchangeCodecs:
             out[FEATURE_CODEC] = str(self.features)
         return out, {"bytes-gradients": payload_bytes(out, "grads")}
 
-    def decode_reply(self, reply: Mapping[str, Any], party: str) -> tuple[dict[str, Any], dict[str, int]]:
-        """A collaborator reply with its (test) features decoded and checked; also their
-        array bytes as sent (``bytes-features``, ``bytes-test-features``).
+    def decode_reply(
+        self, reply: Mapping[str, Any], party: str, max_abs: float = DEFAULT_MAX_ABS
+    ) -> tuple[dict[str, Any], dict[str, int]]:
+        """A collaborator reply with its (test) features decoded and checked (``max_abs``);
+        also their array bytes as sent (``bytes-features``, ``bytes-test-features``).
 
         Raises ``CodecError`` if the features use another codec than the one asked for.
         """
@@ -288,7 +294,7 @@ class ExchangeCodecs:
             if name in reply and sent != self.features.name:
                 raise CodecError(f"{name} from {party} rejected: encoded with {sent!r}, the host asked for {self.features}")
             if name in reply:
-                out[name] = unpack(reply, name, party)
+                out[name] = unpack(reply, name, party, max_abs)
         return out, counts
 
 
@@ -297,11 +303,14 @@ FEATURE_ENTRIES = ("features", "test-features")
 
 
 # ----- the exchange: collaborator side -----------------------------------------------------
-def decode_request(payload: Mapping[str, Any], party: str = "the host") -> dict[str, Any]:
-    """A host request with its ``grads`` decoded and checked (``CodecError`` if malformed)."""
+def decode_request(
+    payload: Mapping[str, Any], party: str = "the host", max_abs: float = DEFAULT_MAX_ABS
+) -> dict[str, Any]:
+    """A host request with its ``grads`` decoded and checked (``CodecError`` if malformed,
+    ``ArrayRejected`` beyond ``max_abs``)."""
     out = {k: v for k, v in payload.items() if not k.startswith("grads.")}
     if "grads" in payload:
-        out["grads"] = unpack(payload, "grads", party)
+        out["grads"] = unpack(payload, "grads", party, max_abs)
     return out
 
 
