@@ -74,6 +74,9 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--unweighted", action="store_true",
                         help="unweighted mean of client updates (AlphaFed's original rule)")
     add_strategy_flags(parser)
+    parser.add_argument("--target-epsilon", type=float, default=None,
+                        help="DPFedAvgScheduler: privacy budget; the run ends, with its model saved, "
+                             "before a round that would spend more")
     parser.add_argument("--client-eval", default="last", choices=("last", "test-rounds", "off"),
                         help="when clients test the global model on their own data (default: the last round)")
     parser.add_argument("--fresh", action="store_true",

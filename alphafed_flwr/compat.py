@@ -30,6 +30,10 @@ Groups
 ``strategies``
     Server-side state attributes of Flower's strategies (``current_arrays``, ``m_t``,
     ``v_t``, ``momentum_vector``).
+``privacy``
+    DP accounting and the SecAgg+ bridge (issue 11): the RDP accountant class,
+    ``PrivacyBudgetExhausted``, the legacy ``ClientProxy``, FitIns/FitRes record conversion
+    and the workflow's state record keys.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ from typing import Any
 import numpy as np
 
 SUPPORTED_VERSIONS = ("1.41", "1.42")
-GROUPS = ("supernode", "superlink", "executor", "auth", "simulation", "strategies")
+GROUPS = ("supernode", "superlink", "executor", "auth", "simulation", "strategies", "privacy")
 
 
 class FlowerCompatError(RuntimeError):
@@ -344,6 +348,41 @@ def _keeps_dict(strategy: Any) -> bool:
     return isinstance(strategy, fedopt)
 
 
+def _check_privacy() -> None:
+    pieces = privacy_pieces(checked=False)
+    if "config" not in inspect.signature(pieces.RdpAccountant.__init__).parameters:
+        raise TypeError("RdpAccountant takes no config")
+    for name in ("state_dict", "load_state_dict", "get_privacy_spent", "compose"):
+        getattr(pieces.RdpAccountant, name)
+    if not issubclass(pieces.PrivacyBudgetExhausted, Exception):
+        raise TypeError("PrivacyBudgetExhausted is not an exception")
+    for name in ("fitins_to_recorddict", "recorddict_to_fitins", "fitres_to_recorddict",
+                 "recorddict_to_fitres"):
+        getattr(pieces.recorddict_compat, name)
+    for name in ("get_properties", "get_parameters", "fit", "evaluate", "reconnect"):
+        getattr(pieces.ClientProxy, name)
+    if (pieces.MAIN_CONFIGS_RECORD, pieces.MAIN_PARAMS_RECORD, pieces.CURRENT_ROUND) != (
+        "config", "parameters", "current_round"
+    ):
+        raise ValueError("the default workflows' record keys changed")
+
+
+def privacy_pieces(checked: bool = True) -> types.SimpleNamespace:
+    """Private Flower names of the DP accounting and the SecAgg+ bridge (group ``privacy``)."""
+    if checked:
+        check_flower("privacy")
+    constant = _module("flwr.server.workflow.constant")
+    return types.SimpleNamespace(
+        RdpAccountant=_module("flwr.supercore.privacy_accounting.rdp_accountant").RdpAccountant,
+        PrivacyBudgetExhausted=_module("flwr.serverapp.exception").PrivacyBudgetExhausted,
+        ClientProxy=_module("flwr.server.client_proxy").ClientProxy,
+        recorddict_compat=_module("flwr.compat.common.recorddict_compat"),
+        MAIN_CONFIGS_RECORD=constant.MAIN_CONFIGS_RECORD,
+        MAIN_PARAMS_RECORD=constant.MAIN_PARAMS_RECORD,
+        CURRENT_ROUND=constant.Key.CURRENT_ROUND,
+    )
+
+
 # --------------------------------------------------------------------------- checks
 _CHECKS: dict[str, Callable[[], None]] = {
     "supernode": _check_supernode,
@@ -352,6 +391,7 @@ _CHECKS: dict[str, Callable[[], None]] = {
     "auth": _check_auth,
     "simulation": _check_simulation,
     "strategies": _check_strategies,
+    "privacy": _check_privacy,
 }
 _passed: set[str] = set()
 

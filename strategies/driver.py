@@ -118,6 +118,9 @@ class DriverConfig:
         MetricRecord key holding each reply's sample count.
     arrayrecord_key : str (default: "arrays")
         Key of the ArrayRecord in replies.
+    fraction : float (default: 1.0)
+        Fraction of the available nodes sampled per round (rounded, at least the minimum
+        and at most ``max_clients``): DP-FedAvg's q.
     """
 
     min_clients: int = 1
@@ -131,8 +134,11 @@ class DriverConfig:
     seed: int | None = None
     weighted_by_key: str = "num-examples"
     arrayrecord_key: str = "arrays"
+    fraction: float = 1.0
 
     def __post_init__(self) -> None:
+        if not 0 < self.fraction <= 1:
+            raise StrategyConfigError(f"fraction must be in (0, 1], got {self.fraction}")
         if self.min_clients < 1:
             raise StrategyConfigError(f"min_clients must be >= 1, got {self.min_clients}")
         if self.max_clients is not None and self.max_clients < self.min_clients:
@@ -260,6 +266,8 @@ class RoundDriver:
             )
         self._weight_key = config.weighted_by_key
         self._arrays_key = str(getattr(strategy, "arrayrecord_key", config.arrayrecord_key))
+        #: Why the run ended before its last round without failing (a privacy budget).
+        self.stop_reason = ""
 
     # ----- the loop ----------------------------------------------------------------------
     # pylint: disable=too-many-arguments
@@ -307,7 +315,12 @@ class RoundDriver:
         for server_round in range(first_round, num_rounds + 1):
             log(INFO, "")
             log(INFO, "[ROUND %s/%s]", server_round, num_rounds)
-            arrays, train_metrics = self.train_round(grid, server_round, arrays, train_config, hooks)
+            try:
+                arrays, train_metrics = self.train_round(grid, server_round, arrays, train_config, hooks)
+            except compat.privacy_pieces().PrivacyBudgetExhausted as exc:  # from DP configure_train
+                self.stop_reason = f"privacy budget: round {server_round} not run: {exc}"
+                log(WARNING, "Stopping before round %d: %s", server_round, exc)
+                break
             result.arrays = arrays
             result.train_metrics_clientapp[server_round] = train_metrics
             outcome = (
@@ -365,6 +378,8 @@ class RoundDriver:
         nodes = sorted(wait_for_nodes(grid, self.min_nodes, self.config.schedule_timeout, what))
         limit = self.config.max_clients
         count = len(nodes) if limit is None else min(limit, len(nodes))
+        if self.config.fraction < 1:
+            count = min(count, max(self.min_nodes, round(self.config.fraction * len(nodes))))
         return sorted(self._rng.sample(nodes, count))
 
     def _configure(
@@ -427,6 +442,8 @@ class RoundDriver:
         config: ConfigRecord,
         hooks: FederatedHooks | None,
     ) -> _Attempt:
+        if hasattr(self.strategy, "train_exchange"):  # e.g. SecAgg+: the strategy runs the exchange
+            return self._own_exchange(grid, server_round, arrays, config)
         messages = self._configure(grid, server_round, arrays, config, train=True)
         pending = push(grid, messages)
         own = hooks.local_train(server_round, arrays, ConfigRecord(dict(config))) if hooks else None
@@ -454,6 +471,30 @@ class RoundDriver:
         if len(accepted) < self.min_replies:
             return _Attempt(failure=f"{len(accepted)} valid results: {self._replies_reason}")
         return self.aggregate(server_round, arrays, accepted)
+
+    def _own_exchange(
+        self, grid: Grid, server_round: int, arrays: ArrayRecord, config: ConfigRecord
+    ) -> _Attempt:
+        """A round whose messages the strategy exchanges itself on the sampled nodes
+        (``train_exchange(grid, nodes, round, arrays, config) -> (arrays, metrics, failure)``)."""
+        nodes = self.sample(grid)
+        if self.admit_nodes is not None:
+            self.admit_nodes(grid, nodes)
+        view = SampledGrid(grid, nodes, self.config.calculation_timeout)
+        log(INFO, "Round %d: %s exchanges with %d sampled nodes", server_round,
+            type(self.strategy).__name__, len(nodes))
+        new, metrics, failure = self.strategy.train_exchange(  # type: ignore[attr-defined]
+            view, nodes, server_round, arrays, ConfigRecord(dict(config))
+        )
+        if new is None or metrics is None:
+            return _Attempt(failure=failure or "the exchange returned no arrays")
+        results = int(metrics.get("num-results", 0))  # type: ignore[arg-type]
+        if results < self.config.min_clients:
+            return _Attempt(failure=f"{results} results, fewer than min_clients={self.config.min_clients}")
+        cast, problem = cast_like(arrays, new)
+        if cast is None:
+            return _Attempt(failure=f"refused the aggregate: {problem}")
+        return _Attempt(arrays=cast, metrics=MetricRecord(dict(clean_metrics(metrics))))
 
     def accept_train_replies(
         self, replies: Mapping[int, Message], reference: ArrayRecord, what: str = ""

@@ -27,6 +27,7 @@ from alphafed_flwr.api.scheduler import call_user
 
 from .partition import PartitionSpec, partition_indices, partition_loader
 from .records import arrays_to_state, restore_optimizer, save_optimizer, state_to_arrays
+from .secagg_client import is_secagg, refuse_plain_train, secure_train
 from .templates import SchedulerSource, party_scheduler, stable_seed
 
 PARTITION_ID = "partition-id"
@@ -206,7 +207,17 @@ def horizontal_client_app(
 
     @app.train()
     def train(message: Message, context: Context) -> Message:
-        return client(context).train(message)
+        if is_secagg(message):  # SecureFedAvgScheduler: Flower's secaggplus_mod runs the stages
+            node: list[HorizontalClient] = []
+
+            def scheduler() -> FedAvgScheduler:
+                node.append(client(context))
+                return node[0].scheduler
+
+            return secure_train(message, context, scheduler, lambda msg: node[0].train(msg))  # type: ignore[arg-type]
+        node_client = client(context)
+        refuse_plain_train(node_client.scheduler)
+        return node_client.train(message)
 
     @app.evaluate()
     def evaluate(message: Message, context: Context) -> Message:

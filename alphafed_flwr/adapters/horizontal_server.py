@@ -34,6 +34,7 @@ from alphafed_flwr.strategies.aggregation import DEFAULT_MAX_NUM_EXAMPLES
 from alphafed_flwr.strategies.catalog import build_strategy
 
 from .outputs import Checkpoint, RunSummary, save_state_dict
+from .private import PrivacyReport, private_strategy
 from .records import arrays_to_numpy, arrays_to_state, numpy_to_arrays, state_to_arrays
 
 
@@ -69,6 +70,8 @@ class ServerSettings:
         The strategy's parameters (``--strategy-arg``).
     max_num_examples : float
         Largest sample count one reply may claim (``--max-num-examples``).
+    target_epsilon : float | None
+        DPFedAvgScheduler only: end the run before a round that would spend more.
     record : dict[str, Any]
         Extra configuration recorded in ``summary.json``.
     """
@@ -85,6 +88,7 @@ class ServerSettings:
     strategy: str = "fedavg"
     strategy_args: dict[str, Any] = field(default_factory=dict)
     max_num_examples: float = DEFAULT_MAX_NUM_EXAMPLES
+    target_epsilon: float | None = None
     record: dict[str, Any] = field(default_factory=dict)
 
 
@@ -142,6 +146,7 @@ class HorizontalServer:
         self.checkpoint = Checkpoint(self.out / "checkpoint")
         self.summary: RunSummary | None = None
         self.driver = self.build_driver()
+        self.privacy = PrivacyReport(self.driver.strategy, self.out)
         self._round_start = time.monotonic()
         self._last_test: dict[str, float] = {}
 
@@ -155,7 +160,6 @@ class HorizontalServer:
         sched, settings = self.scheduler, self.settings
         fedsgd = isinstance(sched, FedSGDScheduler)
         try:
-            strategy = build_strategy(settings.strategy, settings.strategy_args)
             config = DriverConfig(
                 min_clients=sched.min_clients,
                 max_clients=None if fedsgd else sched.max_clients,
@@ -167,6 +171,11 @@ class HorizontalServer:
                 seed=settings.seed,
             )
             admit = FullBatchCheck(float(sched.schedule_timeout)) if fedsgd else None
+            private = private_strategy(sched, settings.strategy, config, settings.target_epsilon)
+            if private is not None:  # DPFedAvgScheduler, SecureFedAvgScheduler
+                return RoundDriver(private.strategy, private.config, admit_nodes=private.admit)
+            strategy = build_strategy(settings.strategy, settings.strategy_args)
+            warn_if_mu_unused(sched, settings.strategy)
             return RoundDriver(strategy, config, admit_nodes=admit)
         except StrategyConfigError as exc:
             raise ConfigError(str(exc)) from exc
@@ -216,6 +225,7 @@ class HorizontalServer:
         train = {k: float(v) for k, v in (train_metrics or {}).items()}  # type: ignore[arg-type]
         entry = {"round": server_round, "seconds": round(seconds, 3), "train": train, "test": test}
         assert self.summary is not None
+        privacy = self.privacy.round_end(server_round, sched, self.summary.data)
         self.summary.add_round(entry)
         self.checkpoint.save(
             {**arrays_to_numpy(arrays), **self._strategy_state()},
@@ -224,6 +234,7 @@ class HorizontalServer:
                 "finished": finished,
                 "strategy": self.settings.strategy,
                 "summary": self.summary.data,
+                **self.privacy.state(),
             },
         )
         sched.flush_outputs()
@@ -235,7 +246,7 @@ class HorizontalServer:
             clients,
             "" if clients == 1 else "s",
             seconds,
-            f", test {_fmt(test)}" if test else "",
+            (f", test {_fmt(test)}" if test else "") + privacy,
         )
         self._round_start = time.monotonic()
         mode = self.settings.client_eval
@@ -290,6 +301,7 @@ class HorizontalServer:
                 f"the checkpoint in {self.checkpoint.path} was made with --strategy {saved}, this "
                 f"run uses {self.settings.strategy}: use the same strategy, or --fresh to start over"
             )
+        self.privacy.restore(meta)
         state: dict[str, dict[str, Any]] = {}
         model = {}
         for key, value in arrays.items():
@@ -343,6 +355,8 @@ class HorizontalServer:
         except BaseException as exc:
             self.summary.finish("failed", error=f"{type(exc).__name__}: {exc}")
             raise
+        if self.driver.stop_reason:
+            self.summary.data["stopped"] = self.driver.stop_reason
         self._finish(result.arrays, "completed", seconds=time.monotonic() - start)
         return self.summary.data
 
@@ -364,6 +378,14 @@ class HorizontalServer:
         )
         self.scheduler.close_outputs()
         logger.info("Outputs written to %s (summary.json, model.pt, metrics/, tensorboard/)", self.out)
+
+
+def warn_if_mu_unused(scheduler: FedAvgScheduler, strategy: str) -> None:
+    """Warn when ``--strategy fedprox`` meets a task whose clients ignore ``proximal-mu``."""
+    if strategy == "fedprox" and type(scheduler).apply_round_config is FedAvgScheduler.apply_round_config:
+        logger.warning("--strategy fedprox: %s ignores proximal-mu (its apply_round_config is "
+                       "FedAvgScheduler's no-op), so this runs FedAvg; write the task as a "
+                       "FedProxScheduler", type(scheduler).__name__)
 
 
 def _fmt(values: dict[str, float]) -> str:

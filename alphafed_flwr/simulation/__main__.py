@@ -74,6 +74,7 @@ def options_from(args: argparse.Namespace) -> SimulationOptions:
         strategy=args.strategy,
         strategy_args=strategy_args_from(args),
         max_num_examples=args.max_num_examples,
+        target_epsilon=args.target_epsilon,
         client_eval=args.client_eval,
         fresh=args.fresh,
         cpus_per_client=args.cpus_per_client,

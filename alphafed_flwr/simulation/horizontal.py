@@ -57,6 +57,8 @@ class SimulationOptions:
         Its parameters (``--strategy-arg``).
     max_num_examples : float
         Largest sample count one client update may claim.
+    target_epsilon : float | None
+        DPFedAvgScheduler: privacy budget (``--target-epsilon``).
     client_eval : str
         When clients test the global model on their own data: ``last``, ``test-rounds``
         or ``off``.
@@ -90,6 +92,7 @@ class SimulationOptions:
     strategy: str = "fedavg"
     strategy_args: dict[str, Any] = field(default_factory=dict)
     max_num_examples: float = DEFAULT_MAX_NUM_EXAMPLES
+    target_epsilon: float | None = None
     client_eval: str = "last"
     fresh: bool = False
     cpus_per_client: float | None = None
@@ -163,6 +166,7 @@ def simulate_horizontal(scheduler: FedAvgScheduler, options: SimulationOptions) 
         strategy=options.strategy,
         strategy_args=dict(options.strategy_args),
         max_num_examples=options.max_num_examples,
+        target_epsilon=options.target_epsilon,
         record={"mode": "simulation", "scheduler": type(scheduler).__name__, **options.record()},
     )
     summary: dict[str, Any] = {}
