@@ -62,8 +62,8 @@ NOT_PROVIDED = {
     ),
     "alphafed.secure": (
         "holds AlphaFed's own cryptographic primitives",
-        "use the cryptography package (X25519, AES-GCM) instead; secure aggregation is "
-        "issue 11 of alphafed-flwr",
+        "use the cryptography package (X25519, AES-GCM) instead; for secure aggregation "
+        "use alphafed.fed_avg.SecureFedAvgScheduler (Flower's SecAgg+)",
     ),
     "alphafed.auto_ml": (
         "is AlphaFed's AutoML model zoo, downloaded from its platform",

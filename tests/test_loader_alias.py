@@ -105,9 +105,9 @@ def test_a_task_importing_a_missing_sdk_name_fails_clearly(
 ) -> None:
     from alphafed_flwr.cli import run_cli
 
-    (tmp_path / "dp.py").write_text("import torch\nfrom alphafed.fed_avg import DPFedAvgScheduler\n")
+    (tmp_path / "dp.py").write_text("import torch\nfrom alphafed.fed_avg.dp_contractor import DPFedAvgContractor\n")
     code = run_cli(simulation_main, [str(tmp_path / "dp.py"), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err
-    assert "DPFedAvgScheduler is not available yet" in err and "issue 11" in err
-    assert "use FedAvgScheduler instead" in err and "dp.py:2" in err
+    assert "alphafed.fed_avg.dp_contractor is AlphaFed's platform messaging" in err
+    assert "FedAvgScheduler" in err and "instead" in err and "dp.py:2" in err
