@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import re
 import signal
-import sys
 import threading
 import time
 from collections.abc import Sequence
