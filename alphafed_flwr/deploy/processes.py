@@ -30,8 +30,16 @@ FLOWER_SCRIPTS = ("flower-superexec", "flwr-serverapp", "flwr-clientapp")
 
 
 def scripts_dir() -> Path:
-    """The scripts (``bin/``) folder of the running interpreter's environment."""
-    return Path(sysconfig.get_path("scripts"))
+    """The scripts (``bin/``) folder of the running interpreter's environment.
+
+    The environment's own folder, else the user scheme's (``pip install --user``), else the
+    interpreter's folder: the first that holds Flower's commands.
+    """
+    candidates = [Path(sysconfig.get_path("scripts"))]
+    if sysconfig.get_preferred_scheme("user") in sysconfig.get_scheme_names():
+        candidates.append(Path(sysconfig.get_path("scripts", sysconfig.get_preferred_scheme("user"))))
+    candidates.append(Path(sys.executable).parent)
+    return next((c for c in candidates if (c / FLOWER_SCRIPTS[0]).is_file()), candidates[0])
 
 
 def require_flower_scripts() -> None:
