@@ -77,3 +77,71 @@ def median_stat(summary: dict[str, Any], name: str) -> float:
     """Median over the rounds of one round statistic (0 if never recorded)."""
     values = sorted(r["stats"].get(name, 0) for r in summary["rounds"])
     return float(values[len(values) // 2]) if values else 0.0
+
+
+def split_in_process(
+    rounds: int,
+    data_dir: str | None,
+    binary: bool,
+    protection: Any = None,
+    embedding_dp: Any = None,
+    codecs: Any = None,
+) -> dict[str, Any]:
+    """The example's split model trained in one process exactly as K=1 split learning does
+    it (the collaborator's features reach the host as a leaf; the host's gradient for them,
+    after ``GradientGuard``, is back-propagated into the collaborator's model), through
+    the same defence, DP and codec functions as the adapters; same batches, order, models
+    and Adam optimizers as the example, seed 0. Returns the final test accuracy and, per
+    round, the leak AUCs and the array bytes each way."""
+    # pylint: disable=import-outside-toplevel,too-many-locals
+    import torch
+    import torch.nn.functional as F
+
+    from alphafed_flwr.api.env import RunEnvironment, set_environment
+    from alphafed_flwr.label_protection import EmbeddingDP, GradientGuard, LabelProtection
+    from alphafed_flwr.strategies.codecs import ExchangeCodecs, pack, payload_bytes, unpack
+
+    set_environment(RunEnvironment("server", "bench", None, Path(data_dir) if data_dir else None))
+    from split_mnist import HalfConvNet, InferModel, batches, load, round_order
+
+    images, labels = load("bench", train=True)
+    test_images, test_labels = load("bench", train=False)
+    if binary:
+        labels, test_labels = (labels >= 5).long(), (test_labels >= 5).long()
+    torch.manual_seed(0)
+    host, collab = HalfConvNet(), HalfConvNet()
+    infer = nn.Sequential(nn.Linear(128, 2), nn.LogSoftmax(dim=-1)) if binary else InferModel()
+    optimizers = [torch.optim.Adam(m.parameters(), lr=1e-3) for m in (host, collab, infer)]
+    guard, dp = GradientGuard(LabelProtection.parse(protection)), EmbeddingDP.parse(embedding_dp)
+    codecs = ExchangeCodecs.parse(codecs)
+    noise = torch.Generator().manual_seed(1)
+
+    def send(features: torch.Tensor, name: str, codec: Any, sizes: dict[str, int]) -> torch.Tensor:
+        packed = pack(name, [features.detach().numpy()], codec)
+        sizes[name] = sizes.get(name, 0) + payload_bytes(packed, name)
+        return torch.from_numpy(unpack(packed, name, "bench")[0])
+
+    history = []
+    for epoch in range(1, rounds + 1):
+        sizes: dict[str, int] = {}
+        for ids in batches(round_order(set(range(len(images))), epoch), 128):
+            index = torch.tensor(ids)
+            out = collab(images[index, :, :, 14:])
+            sent = dp.apply(out, noise) if dp else out.detach()
+            leaf = send(sent, "features", codecs.features, sizes).requires_grad_(True)
+            for opt in optimizers:
+                opt.zero_grad()
+            fused = torch.cat((host(images[index, :, :, :14]), leaf), 1)
+            F.nll_loss(infer(fused), labels[index]).backward()
+            grad = send(guard.apply("collaborator", leaf.grad, labels[index]), "grads", codecs.gradients, sizes)
+            out.backward(grad)
+            for opt in optimizers:
+                opt.step()
+        history.append({**guard.round_stats(), **{f"bytes-{k}": v for k, v in sizes.items()}})
+    with torch.no_grad():
+        theirs = collab(test_images[:, :, :, 14:])
+        theirs = dp.apply(theirs, noise) if dp else theirs
+        theirs = torch.cat([send(t, "features", codecs.features, {}) for t in theirs.split(1000)])
+        fused = torch.cat((host(test_images[:, :, :, :14]), theirs), 1)
+        accuracy = (infer(fused).argmax(1) == test_labels).float().mean().item()
+    return {"accuracy": accuracy, "rounds": history}
