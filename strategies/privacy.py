@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from logging import INFO
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg, Strategy
 from flwr.serverapp.strategy.dp_fixed_clipping import DifferentialPrivacyFixedClippingBase
@@ -158,8 +158,29 @@ class PrivateFedAvg(Strategy):
                 "weaken the guarantee: round refused, nothing released or accounted"
             )
         self._pending.discard(server_round)
+        replies = [self._nonzero(reply) for reply in replies]
         np.random.seed(np.frombuffer(os.urandom(32), dtype=np.uint32))  # Flower's noise source
         return self.dp.aggregate_train(server_round, replies)
+
+    def _nonzero(self, reply: Message) -> Message:
+        """``reply``, its update moved by one float epsilon if it is exactly zero.
+
+        Flower's clipping divides by the update's norm, so an unchanged model (norm 0)
+        would raise ZeroDivisionError; the smallest representable step (far below S) keeps
+        it a valid, clipped update.
+        """
+        current = self.dp.current_arrays  # type: ignore[attr-defined]
+        arrays = reply.content.array_records[self.arrayrecord_key]
+        if any(np.any(arrays[k].numpy() != current[k].numpy()) for k in arrays.keys()):
+            return reply
+        key = next(iter(arrays.keys()))
+        value = np.array(arrays[key].numpy(), copy=True)
+        flat = value.reshape(-1)
+        flat[0] += np.finfo(value.dtype).eps * max(1.0, abs(float(flat[0])))
+        content = RecordDict(dict(reply.content))
+        content[self.arrayrecord_key] = ArrayRecord({**{k: arrays[k] for k in arrays.keys()}, key: Array(value)})
+        return Message(content, reply_to=Message(RecordDict(), dst_node_id=reply.metadata.src_node_id,
+                                                 message_type=reply.metadata.message_type))
 
     def abandon_train(self, server_round: int) -> None:
         """Drop the pending privacy event of a configured round that released nothing."""

@@ -113,7 +113,6 @@ class _Bridge(legacy.Strategy):
         self.config = config
         self.mean_update: list[np.ndarray] | None = None
         self.results = 0
-        self.failures = 0
 
     def initialize_parameters(self, client_manager: Any) -> Parameters | None:  # noqa: D102
         return None
@@ -126,7 +125,8 @@ class _Bridge(legacy.Strategy):
     def aggregate_fit(self, server_round: int, results: list, failures: list) -> tuple:
         """Keep the unmasked weighted mean (every result carries it)."""
         del server_round
-        self.results, self.failures = len(results), len(failures)
+        del failures
+        self.results = len(results)
         if results:
             self.mean_update = parameters_to_ndarrays(results[0][1].parameters)
         return None, {}
@@ -155,7 +155,6 @@ class SecAggPlusFedAvg(Strategy):
         self.settings = settings
         self.plain = FedAvg(min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1)
         self.arrayrecord_key = "arrays"
-        self.last_failures = 0
 
     def train_exchange(
         self, grid: Grid, nodes: list[int], server_round: int, arrays: ArrayRecord, config: ConfigRecord
@@ -181,7 +180,6 @@ class SecAggPlusFedAvg(Strategy):
             timeout=s.timeout,
         )
         workflow(grid, context)
-        self.last_failures = bridge.failures
         if bridge.mean_update is None:
             return None, None, (
                 f"SecAgg+ halted (fewer than t={s.threshold} of {len(nodes)} nodes or shares "
@@ -192,9 +190,9 @@ class SecAggPlusFedAvg(Strategy):
         new = ArrayRecord()
         for key, old, delta in zip(keys, global_nd, bridge.mean_update, strict=True):
             new[key] = Array(np.asarray(old.astype(np.float64) + delta.reshape(old.shape), order="C"))
-        log(INFO, "SecAgg+: the sum of %d updates unmasked (%d nodes dropped out)", bridge.results,
-            bridge.failures)
-        return new, MetricRecord({"num-results": bridge.results, "secagg-dropouts": bridge.failures}), ""
+        dropouts = len(nodes) - bridge.results  # (the workflow lists a stage-2 failure twice)
+        log(INFO, "SecAgg+: the sum of %d updates unmasked (%d nodes dropped out)", bridge.results, dropouts)
+        return new, MetricRecord({"num-results": bridge.results, "secagg-dropouts": dropouts}), ""
 
     @staticmethod
     def _context(server_round: int, global_nd: list[np.ndarray], bridge: _Bridge) -> LegacyContext:
