@@ -19,9 +19,10 @@ class SecureHost(SecureHeteroNNHostScheduler):
 
     ckks_params = TEST_PARAMS
 
-    def __init__(self, batch_size: int = 4, **kwargs) -> None:  # noqa: ANN003
-        super().__init__("host", CONFIG, LR, **kwargs)
+    def __init__(self, batch_size: int = 4, config: list | None = None, **kwargs) -> None:  # noqa: ANN003
+        super().__init__("host", config or CONFIG, LR, **kwargs)
         self.batch_size = batch_size
+        self.keys = [key for key, _, _ in self.project_layer_config]
 
     def load_local_ids(self) -> list[str]:
         return [str(i) for i in range(N)]
@@ -37,7 +38,7 @@ class SecureHost(SecureHeteroNNHostScheduler):
         return sgd(feature_model)
 
     def build_infer_model(self) -> nn.Module:
-        return infer_model(HOST_OUT + COLLAB_OUT)
+        return infer_model(sum(out for _, _, out in self.project_layer_config))
 
     def build_infer_optimizer(self, infer_model: nn.Module) -> optim.Optimizer:
         return sgd(infer_model)
@@ -54,7 +55,7 @@ class SecureHost(SecureHeteroNNHostScheduler):
         return self._batches(feature_model, test_ids)
 
     def train_a_batch(self, feature_projection, labels) -> None:  # noqa: ANN001
-        fused = torch.cat((feature_projection["host"], feature_projection["c1"]), 1)
+        fused = torch.cat([feature_projection[key] for key in self.keys], 1)
         self.optimizer.zero_grad()
         F.cross_entropy(self.infer_model(fused), labels).backward()
         self.optimizer.step()
@@ -62,7 +63,7 @@ class SecureHost(SecureHeteroNNHostScheduler):
     def run_test(self, batched_feature_projections, batched_labels):  # noqa: ANN001, ANN201
         correct = total = 0
         for projection, labels in zip(batched_feature_projections, batched_labels, strict=True):
-            fused = torch.cat((projection["host"], projection["c1"]), 1)
+            fused = torch.cat([projection[key] for key in self.keys], 1)
             correct += (self.infer_model(fused).argmax(1) == labels).sum().item()
             total += len(labels)
         return {"accuracy": correct / total}
@@ -71,8 +72,8 @@ class SecureHost(SecureHeteroNNHostScheduler):
 class SecureCollaborator(SecureHeteroNNCollaboratorScheduler):
     """Right columns, no labels."""
 
-    def __init__(self, batch_size: int = 4, lr: float = LR) -> None:
-        super().__init__("c1", lr)
+    def __init__(self, batch_size: int = 4, lr: float = LR, feature_key: str = "c1") -> None:
+        super().__init__(feature_key, lr)
         self.batch_size = batch_size
 
     def load_local_ids(self) -> list[int]:

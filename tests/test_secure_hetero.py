@@ -139,20 +139,23 @@ class Recorder:
         return reply
 
 
-def run_secure(tmp_path: Path, rounds: int = 2, k: int = 1, collaborator: SecureCollaborator | None = None):  # noqa: ANN201
-    source = PickledTemplate(collaborator or SecureCollaborator())
+def run_secure(tmp_path: Path, rounds: int = 2, k: int = 1, collaborator: SecureCollaborator | None = None,  # noqa: ANN201
+               host_sched: SecureHost | None = None, others: tuple[SecureCollaborator, ...] = ()):
+    sources = [PickledTemplate(c) for c in (collaborator or SecureCollaborator(), *others)]
     settings = lambda _: CollaboratorSettings(task_id=TASK, out_dir=str(tmp_path))  # noqa: E731
-    app = add_secure_handler(collaborator_client_app(lambda _: source, settings), lambda _: source, settings)
+    source = lambda ctx: sources[ctx.node_config["partition-id"]]  # noqa: E731
+    app = add_secure_handler(collaborator_client_app(source, settings), source, settings)
     recorder = Recorder(lambda m, c: app(m, c))
-    grid = FakeGrid({100: recorder}, {100: {"partition-id": 0}})
+    nodes = {100 + i: recorder if i == 0 else (lambda m, c: app(m, c)) for i in range(len(sources))}
+    grid = FakeGrid(nodes, {100 + i: {"partition-id": i} for i in range(len(sources))})
     grid.before_message = fresh_process  # every message in a new process, as in deployment
-    sched = SecureHost()
+    sched = host_sched or SecureHost()
     w_h0 = sched.project_layer["c1"].weight.detach().clone()
     own0 = sched.project_layer["host"].weight.detach().clone()
     host = SecureVerticalHost(sched, VerticalSettings(out_dir=tmp_path, task_id=TASK, rounds=rounds,
-                                                      num_collaborators=1, batches_per_exchange=k))
-    summary = run_vertical_host(grid, host, SecureSplitLearning(1, schedule_timeout=2, calculation_timeout=30,
-                                                                 batches_per_exchange=k))
+                                                      num_collaborators=len(sources), batches_per_exchange=k))
+    summary = run_vertical_host(grid, host, SecureSplitLearning(len(sources), schedule_timeout=2,
+                                                                 calculation_timeout=30, batches_per_exchange=k))
     return host, summary, grid, recorder, (w_h0, own0)
 
 
@@ -267,6 +270,22 @@ def test_k_batches_per_exchange_batches_only_the_feature_requests(tmp_path: Path
     # 4 batches: feature requests, 4 projections, the last gradients, 2 test batches
     assert stats["exchanges"] == feature_requests + 4 + 1 + 2
     assert stats["bytes-to-host"] > 100_000 and stats["bytes-to-collaborators"] > 100_000
+
+
+def test_two_collaborators_each_with_their_own_keys(tmp_path: Path) -> None:
+    config = [*CONFIG, ("c2", 3, 3)]
+    host, summary, grid, _, _ = run_secure(tmp_path, rounds=1, host_sched=SecureHost(config=config),
+                                           others=(SecureCollaborator(feature_key="c2"),))
+    assert summary["status"] == "completed"
+    assert sorted(host.contexts) == ["c1", "c2"]
+    keys = [bytes(grid.contexts[n].state.config_records["secure.keys"]["private"]) for n in (100, 101)]
+    assert keys[0] != keys[1]  # each collaborator holds its own secret key
+    assert grid.contexts[101].state.array_records[SHARE]["E"].numpy().shape == (3, 3)  # in 3, out 3
+
+
+def test_a_collaborator_missing_from_the_config_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="'c2' has no entry in project_layer_config"):
+        run_secure(tmp_path, rounds=1, others=(SecureCollaborator(feature_key="c2"),))
 
 
 def test_mismatched_learning_rates_are_refused(tmp_path: Path) -> None:
