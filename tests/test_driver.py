@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from fakegrid import FakeGrid
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import Bulyan, FedAdam, FedAvg, FedAvgM, QFedAvg
 
 from alphafed_flwr import compat
+from alphafed_flwr.api.fed_prox import FedProxScheduler
 from alphafed_flwr.strategies import (
     DriverConfig,
     FedAvgWithClientLimits,
@@ -21,6 +24,9 @@ from alphafed_flwr.strategies import (
     StrategyConfigError,
 )
 from alphafed_flwr.strategies.catalog import CATALOG, build_strategy, parse_strategy_args
+
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def arrays(w: float, count: int = 0, dtype: str = "float32") -> ArrayRecord:
@@ -303,3 +309,62 @@ def test_our_strategy_runs_in_flowers_own_start_signature() -> None:
                             num_rounds=2, train_config=ConfigRecord({"lr": 0.1}))
     np.testing.assert_allclose(result.arrays["w"].numpy(), np.full((2, 2), 2.0))
     assert sorted(result.evaluate_metrics_clientapp) == [1, 2]  # Flower's behaviour without hooks
+
+
+# ------------------------------------------------------------------ FedProx end to end, configs
+MU_SEEN: list[float] = []
+
+
+class ProxTask(FedProxScheduler):
+    """A linear model on random data that records the mu it trains with."""
+
+    def build_model(self):  # noqa: ANN201
+        return torch.nn.Linear(3, 2)
+
+    def build_optimizer(self, model):  # noqa: ANN001, ANN201
+        return torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def build_train_dataloader(self):  # noqa: ANN201
+        data = torch.utils.data.TensorDataset(torch.randn(8, 3), torch.randint(0, 2, (8,)))
+        return torch.utils.data.DataLoader(data, batch_size=4)
+
+    def build_test_dataloader(self):  # noqa: ANN201
+        return self.build_train_dataloader()
+
+    def train_an_epoch(self) -> None:
+        MU_SEEN.append(self.mu)
+        for x, y in self.train_loader:
+            self.optimizer.zero_grad()
+            self.calc_prox_loss(torch.nn.functional.cross_entropy, self.model(x), y).backward()
+            self.optimizer.step()
+
+    def test(self) -> None:
+        pass
+
+
+def test_flowers_fedprox_sends_proximal_mu_to_the_clients_scheduler() -> None:
+    from alphafed_flwr.adapters.horizontal_client import ClientSettings, horizontal_client_app
+    from alphafed_flwr.adapters.records import state_to_arrays
+    from alphafed_flwr.adapters.templates import PickledTemplate
+
+    task = ProxTask(mu=0.01)
+    template = PickledTemplate(task)
+    app = horizontal_client_app(lambda ctx: template, lambda ctx: ClientSettings(task_id="prox"))
+    MU_SEEN.clear()
+    strategy = build_strategy("fedprox", {"proximal_mu": 0.3})
+    driver = RoundDriver(strategy, DriverConfig(schedule_timeout=1, calculation_timeout=30))
+    initial = state_to_arrays(ProxTask().model.state_dict())
+    driver.run(FakeGrid({1: lambda m, c: app(m, c), 2: lambda m, c: app(m, c)}), initial, 2)
+    assert MU_SEEN == [0.3] * 4  # two clients, two rounds: the strategy's mu, not the task's 0.01
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.name)
+def test_every_config_file_is_a_valid_command(path: Path) -> None:
+    from alphafed_flwr.cli import apply_config_file, strategy_args_from
+    from alphafed_flwr.simulation.__main__ import build_parser
+
+    args = apply_config_file(build_parser(), ["--config", str(path)])
+    tasks = [args.task] if args.task else [args.host, *(args.collaborator or [])]
+    for task in tasks:
+        assert (CONFIGS.parent / str(task).split(":")[0]).is_file(), task
+    assert isinstance(strategy_args_from(args), dict)
