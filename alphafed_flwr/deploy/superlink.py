@@ -157,6 +157,8 @@ def main() -> None:
     config = compat.superlink_lifespan_config()
     app = compat.superlink_app(config)
     configs = listener_configs(app, config, ours.runtime_port, token)
+    print(f"SuperLink: Fleet API on {config.host}:{config.port} ({'TLS' if config.ssl_certfile else 'plain HTTP'}); "
+          f"runtime and Control APIs on 127.0.0.1:{ours.runtime_port}", file=sys.stderr, flush=True)
     superexec = subprocess.Popen(  # noqa: S603 - Flower's own command, this interpreter
         flower_command("flower-superexec", "--insecure", "--runtime-api-address",
                        f"127.0.0.1:{ours.runtime_port}", "--parent-pid", str(os.getpid())),
