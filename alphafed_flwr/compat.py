@@ -33,7 +33,8 @@ Groups
 ``privacy``
     DP accounting and the SecAgg+ bridge (issue 11): the RDP accountant class,
     ``PrivacyBudgetExhausted``, the legacy ``ClientProxy``, FitIns/FitRes record conversion
-    and the workflow's state record keys.
+    and the workflow's state record keys; ``message_bytes`` (bench/privacy.py) uses the
+    inflatable objects' ``get_all_nested_objects``.
 """
 
 from __future__ import annotations
@@ -361,10 +362,18 @@ def _check_privacy() -> None:
         getattr(pieces.recorddict_compat, name)
     for name in ("get_properties", "get_parameters", "fit", "evaluate", "reconnect"):
         getattr(pieces.ClientProxy, name)
+    _module("flwr.supercore.inflatable.inflatable_object").get_all_nested_objects  # message_bytes
     if (pieces.MAIN_CONFIGS_RECORD, pieces.MAIN_PARAMS_RECORD, pieces.CURRENT_ROUND) != (
         "config", "parameters", "current_round"
     ):
         raise ValueError("the default workflows' record keys changed")
+
+
+def message_bytes(message: Any) -> int:
+    """Serialized size of a Flower message (all its objects, as the transport sends them)."""
+    check_flower("privacy")
+    nested = _module("flwr.supercore.inflatable.inflatable_object").get_all_nested_objects
+    return sum(len(obj.deflate()) for obj in nested(message).values())
 
 
 def privacy_pieces(checked: bool = True) -> types.SimpleNamespace:

@@ -59,12 +59,16 @@ class DPSettings:
         The delta at which epsilon is reported.
     target_epsilon : float | None
         Budget: the run ends before a round that would exceed it.
+    server_trains : bool
+        The server adds its own update each round (``involve_aggregator``): the mean and
+        its noise are over m + 1 updates.
     """
 
     noise_multiplier: float
     clipping_norm: float
     delta: float = 1e-5
     target_epsilon: float | None = None
+    server_trains: bool = False
 
     def __post_init__(self) -> None:
         if not self.noise_multiplier > 0:
@@ -150,17 +154,23 @@ class PrivateFedAvg(Strategy):
         """Clip, average with equal weights, add noise z*S/m, account; refuse fewer than m updates."""
         replies = list(replies)
         m = self.dp.num_sampled_clients
-        if len(replies) != m:
+        expected = m + int(self.settings.server_trains)
+        if len(replies) != expected:
             self.abandon_train(server_round)
             raise ValueError(
-                f"central DP: {len(replies)} of the {m} sampled clients sent a valid update; the "
-                f"noise is calibrated for the mean of {m}, so releasing the mean of fewer would "
+                f"central DP: {len(replies)} valid updates, {expected} expected ({m} sampled clients"
+                f"{' and the server' if self.settings.server_trains else ''}); the noise is "
+                f"calibrated for the mean of {expected}, so releasing the mean of fewer would "
                 "weaken the guarantee: round refused, nothing released or accounted"
             )
         self._pending.discard(server_round)
         replies = [self._nonzero(reply) for reply in replies]
         np.random.seed(np.frombuffer(os.urandom(32), dtype=np.uint32))  # Flower's noise source
-        return self.dp.aggregate_train(server_round, replies)
+        self.dp.num_sampled_clients = expected  # the noise std z*S/expected, the reply count
+        try:
+            return self.dp.aggregate_train(server_round, replies)
+        finally:
+            self.dp.num_sampled_clients = m
 
     def _nonzero(self, reply: Message) -> Message:
         """``reply``, its update moved by one float epsilon if it is exactly zero.

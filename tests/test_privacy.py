@@ -123,7 +123,7 @@ def test_a_missing_reply_refuses_the_round_and_the_retry_is_accounted_once(warni
                 3: shifting(np.zeros(4000, np.float32), silent_first=1)}
     dp, hooks = drive_dp(handlers, rounds=1, z=1.1, S=1.0)
     assert len(hooks.rounds) == 1
-    assert any("2 of the 3 sampled clients sent a valid update" in line for line in warnings_log)
+    assert any("2 valid updates, 3 expected (3 sampled clients)" in line for line in warnings_log)
     assert dp.accountant.num_releases == 1
     assert dp.privacy_spent()[0] == pytest.approx(independent_epsilon(1.1, 1, 1e-5), rel=1e-9)
 
@@ -133,7 +133,8 @@ def run_in_process(scheduler, out: Path, nodes: int = 3, handlers=None, **settin
     template = PickledTemplate(scheduler)
     app = horizontal_client_app(lambda _: template, lambda _: ClientSettings(out_dir=str(out)))
     grid = CopyingGrid(handlers or {n: client_app_handler(app) for n in range(1, nodes + 1)})
-    server = HorizontalServer(template.new_instance(), ServerSettings(out_dir=out, seed=0, **settings))
+    trainer = template.new_instance() if scheduler.involve_aggregator else None
+    server = HorizontalServer(template.new_instance(), ServerSettings(out_dir=out, seed=0, **settings), trainer)
     return server.run(grid), grid
 
 
@@ -156,9 +157,15 @@ def test_a_run_stops_at_its_epsilon_budget_with_its_model_saved(tmp_path: Path) 
     assert list((tmp_path / "tensorboard").rglob("events.out.tfevents*"))
 
 
+def test_the_servers_own_update_joins_the_dp_mean_and_its_noise(tmp_path: Path, caplog) -> None:  # noqa: ANN001
+    caplog.set_level(logging.INFO, logger="flwr")
+    summary, _ = run_in_process(TinyDP(w_cap=10, q=1.0, S=1.0, z=1.0, max_rounds=1, involve_aggregator=True),
+                                tmp_path)
+    assert summary["rounds"][0]["train"]["num-results"] == 4
+    assert "aggregate_fit: central DP noise with 0.2500 stdev added" in caplog.messages  # z*S/(3+1)
+
+
 def test_dp_configuration_errors_are_clear() -> None:
-    with pytest.raises(ConfigError, match="involve_aggregator"):
-        TinyDP(w_cap=10, q=1.0, S=1.0, z=1.0, involve_aggregator=True)
     with pytest.raises(ConfigError, match="q \\(client sampling rate\\)"):
         TinyDP(w_cap=10, q=1.5, S=1.0, z=1.0)
     with pytest.raises(ConfigError, match="z \\(noise multiplier\\)"):

@@ -55,7 +55,8 @@ def private_strategy(
         )
     try:
         if isinstance(scheduler, DPFedAvgScheduler):
-            dp = PrivateFedAvg(DPSettings(scheduler.z, scheduler.S, scheduler.delta, target_epsilon))
+            dp = PrivateFedAvg(DPSettings(scheduler.z, scheduler.S, scheduler.delta, target_epsilon,
+                                        server_trains=scheduler.involve_aggregator))
             return PrivateSetup(dp, replace(config, weighted=False, fraction=scheduler.q), dp.admit)
         if target_epsilon is not None:
             raise ConfigError("--target-epsilon applies to DPFedAvgScheduler tasks only")

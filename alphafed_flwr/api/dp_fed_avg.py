@@ -45,8 +45,8 @@ class DPFedAvgScheduler(FedAvgScheduler):
     max_rounds, merge_epochs, calculation_timeout, schedule_timeout, log_rounds
         As for ``FedAvgScheduler``.
     involve_aggregator : bool
-        Refused (``True``): the server's own update would join the mean outside the
-        sampled clients the noise is calibrated for.
+        The server trains on its own data as one more participant: its update is clipped
+        and averaged like the clients' (the noise is z*S/(m+1)).
     delta : float
         The delta of the reported (epsilon, delta) guarantee (default 1e-5; choose it below
         1/number of clients).
@@ -80,12 +80,6 @@ class DPFedAvgScheduler(FedAvgScheduler):
         delta: float = DEFAULT_DELTA,
         min_clients: int = 1,
     ) -> None:
-        if involve_aggregator:
-            raise ConfigError(
-                "DPFedAvgScheduler with involve_aggregator=True: the server's own update would "
-                "join the noised mean outside the sampled clients the noise is calibrated for; "
-                "pass involve_aggregator=False (run the server's data as one more client)"
-            )
         super().__init__(
             min_clients=min_clients,
             max_clients=None,
@@ -94,6 +88,7 @@ class DPFedAvgScheduler(FedAvgScheduler):
             calculation_timeout=calculation_timeout,
             schedule_timeout=schedule_timeout,
             log_rounds=log_rounds,
+            involve_aggregator=involve_aggregator,
         )
         self.w_cap = _positive_int("w_cap (AlphaFed's per-client example cap)", w_cap)
         self.q = _number("q (client sampling rate)", q, 0.0, 1.0, low_open=True)
