@@ -291,8 +291,10 @@ class ExchangeCodecs:
         out = {k: v for k, v in reply.items() if not k.startswith(tuple(f"{n}." for n in FEATURE_ENTRIES))}
         for name in FEATURE_ENTRIES:
             sent = reply.get(name + CODEC_KEY, "float32")
-            if name in reply and sent != self.features.name:
-                raise CodecError(f"{name} from {party} rejected: encoded with {sent!r}, the host asked for {self.features}")
+            if name in reply and (not isinstance(sent, str) or sent != self.features.name):
+                raise CodecError(
+                    f"{name} from {party} rejected: encoded with {str(sent)[:40]!r}, the host asked for {self.features}"
+                )
             if name in reply:
                 out[name] = unpack(reply, name, party, max_abs)
         return out, counts
