@@ -217,7 +217,7 @@ class SplitLearning:
             out[key] = _decode_reply(key, reply, what)
             if message_type == EXCHANGE:
                 try:
-                    out[key], size = self.codecs.decode_reply(out[key], f"collaborator '{key}'")
+                    out[key], size = self.codecs.decode_reply(out[key], f"collaborator '{key}'", self.ledger.max_abs)
                 except ArrayRejected as exc:  # name the batches
                     raise ArrayRejected(f"{what}: {exc}") from exc
                 sizes.append(size)
@@ -260,9 +260,11 @@ class SplitLearning:
                     log(INFO, "Node %s did not answer the hello (%s); ignoring it", node, reply.error.reason)
                     continue
                 payload = _decode_reply(f"node {node}", reply, "the hello")
-                key = str(payload.get("feature-key", ""))
-                if payload.get("role") != "collaborator":
-                    raise StrategyError(f"node {node} is not a collaborator (role {payload.get('role')!r})")
+                key, role = payload.get("feature-key"), payload.get("role")
+                if not isinstance(role, str) or role != "collaborator":
+                    raise StrategyError(f"node {node} is not a collaborator (role {str(role)[:100]!r})")
+                if not isinstance(key, str) or not key:
+                    raise MalformedReply(f"node {node} sent no feature_key in its hello")
                 if key == host.feature_key or key in keys:
                     raise StrategyError(f"feature_key '{key}' is used by more than one party; keys must be unique")
                 keys[key], info[key] = node, payload

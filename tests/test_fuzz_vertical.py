@@ -17,7 +17,7 @@ import pytest
 import torch
 from fakegrid import FakeGrid
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from test_vertical import TASK, fresh_process
@@ -32,6 +32,7 @@ from alphafed_flwr.strategies.errors import StrategyError
 from alphafed_flwr.strategies.payload import PayloadError, decode, encode
 from alphafed_flwr.strategies.split_learning import EXCHANGE, HELLO, HostBatch, SplitLearning
 
+pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # generating arrays
 FUZZ = settings(max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 
 # ----- generators ---------------------------------------------------------------------------
@@ -259,6 +260,9 @@ def stub_grid(fuzzed: RecordDict, at: int) -> FakeGrid:
 
 @FUZZ
 @given(replies(), st.integers(0, 3))
+@example(encode({"role": np.zeros(0, np.float16)}), 0)  # found by this test: an array as the role
+@example(encode({"role": "collaborator", "feature-key": np.ones(2)}), 0)
+@example(encode({"batches": 2, "features": [np.zeros((4, 3), np.float32)], "features.codec": np.zeros(0)}), 1)
 def test_arbitrary_replies_are_refused_cleanly_and_never_reach_the_host(fuzzed: RecordDict, at: int) -> None:
     host = StubHost()
     strategy = SplitLearning(1, schedule_timeout=0.5, calculation_timeout=0.5)

@@ -169,7 +169,7 @@ class VerticalCollaborator:
         """
         started = time.perf_counter()
         try:
-            payload = decode_request(payload)  # codecs: the host's gradients
+            payload = decode_request(payload, max_abs=self.settings.max_abs)  # codecs: the host's gradients
         except ArrayRejected as exc:  # name the batches
             batches = [i + 1 for i in payload.get("apply") or [] if isinstance(i, int)]
             raise ArrayRejected(f"the gradients of training batches {batches} for '{self.key}': {exc}") from exc
