@@ -28,6 +28,7 @@ from alphafed_flwr.adapters.vertical_client import CollaboratorSettings, collabo
 from alphafed_flwr.adapters.vertical_host import VerticalHost, VerticalSettings, run_vertical_host
 from alphafed_flwr.api import TaskFailed
 from alphafed_flwr.api.errors import UserCodeError
+from alphafed_flwr.strategies.checks import ArrayLedger, ArrayRejected, array_problem
 from alphafed_flwr.strategies.errors import StrategyError
 from alphafed_flwr.strategies.payload import PayloadError, decode, encode
 from alphafed_flwr.strategies.split_learning import EXCHANGE, HELLO, HostBatch, SplitLearning
@@ -314,3 +315,28 @@ def test_a_refused_first_reply_leaves_the_real_host_untouched(tmp_path_factory: 
         return
     for model in (vertical.scheduler.feature_model, vertical.scheduler.infer_model):
         assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+# ----- the shared array checks ----------------------------------------------------------------
+@FUZZ
+@given(hnp.arrays(st.one_of(hnp.floating_dtypes(), hnp.integer_dtypes(), hnp.boolean_dtypes(),
+                            hnp.complex_number_dtypes()),
+                  hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=3)))
+def test_check_array_accepts_exactly_finite_bounded_floating_arrays(array: np.ndarray) -> None:
+    floating = np.issubdtype(array.dtype, np.floating) and array.ndim >= 1
+    acceptable = floating and (array.size == 0 or (np.isfinite(array).all() and np.abs(array).max() <= 1e6))
+    assert (array_problem(array) is None) == acceptable
+
+
+def test_a_ledger_learns_only_from_accepted_arrays() -> None:
+    ledger = ArrayLedger(max_abs=10)
+    with pytest.raises(ArrayRejected, match=r"batch 1 from collaborator 'c1' rejected: absolute values up to 11"):
+        ledger.check("collaborator 'c1'", "features", "batch 1", np.full((2, 5), 11, np.float32))
+    ledger.check("collaborator 'c1'", "features", "batch 2", np.zeros((2, 3), np.float32))  # the reference
+    ledger.check("collaborator 'c2'", "features", "batch 2", np.zeros((2, 4), np.float64))  # per party
+    with pytest.raises(ArrayRejected, match=r"shape \(2, 5\) does not match \(batch, 3\)"):
+        ledger.check("collaborator 'c1'", "features", "batch 3", np.zeros((2, 5), np.float32))
+    with pytest.raises(ArrayRejected, match="dtype float64 differs from float32"):
+        ledger.check("collaborator 'c1'", "features", "batch 3", np.zeros((7, 3), np.float64))
+    with pytest.raises(ValueError, match="max_abs must be a positive number"):
+        ArrayLedger(max_abs=float("nan"))
