@@ -157,6 +157,13 @@ def test_a_run_stops_at_its_epsilon_budget_with_its_model_saved(tmp_path: Path) 
     assert list((tmp_path / "tensorboard").rglob("events.out.tfevents*"))
 
 
+def test_a_resumed_dp_run_keeps_counting_epsilon(tmp_path: Path) -> None:
+    run_in_process(TinyDP(w_cap=10, q=1.0, S=1.0, z=1.0, max_rounds=2), tmp_path)
+    summary, _ = run_in_process(TinyDP(w_cap=10, q=1.0, S=1.0, z=1.0, max_rounds=2), tmp_path, rounds=3)
+    assert summary["resumed_from_round"] == 2 and summary["rounds_completed"] == 3
+    assert summary["privacy"]["epsilon"] == pytest.approx(independent_epsilon(1.0, 3, 1e-5))
+
+
 def test_the_servers_own_update_joins_the_dp_mean_and_its_noise(tmp_path: Path, caplog) -> None:  # noqa: ANN001
     caplog.set_level(logging.INFO, logger="flwr")
     summary, _ = run_in_process(TinyDP(w_cap=10, q=1.0, S=1.0, z=1.0, max_rounds=1, involve_aggregator=True),
