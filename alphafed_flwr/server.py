@@ -34,7 +34,7 @@ from alphafed_flwr.api.errors import ConfigError, TaskFailed
 from alphafed_flwr.api.fed_avg import FedAvgScheduler
 from alphafed_flwr.api.hetero_nn import HeteroNNHostScheduler
 from alphafed_flwr.api.log import logger
-from alphafed_flwr.cli import add_run_flags, exit_with
+from alphafed_flwr.cli import add_run_flags, exit_with, strategy_args_from
 from alphafed_flwr.deploy.bundle import build_fab
 from alphafed_flwr.deploy.control import Control
 from alphafed_flwr.compat import check_flower
@@ -125,6 +125,10 @@ def run_config(args: argparse.Namespace, out: Path, task_id: str, vertical: bool
         "resume": not args.fresh,
         "num-collaborators": args.collaborators,
         "batches-per-exchange": args.batches_per_exchange,
+        "strategy": args.strategy,
+        "strategy-args": json.dumps(strategy_args_from(args)),
+        "max-num-examples": float(args.max_num_examples),
+        "target-epsilon": float(args.target_epsilon or 0.0),  # 0: no budget
     }
 
 

@@ -297,7 +297,8 @@ def test_a_killed_client_and_a_killed_server(cluster: Cluster, tiny_mnist: Path)
     root = cluster.root
     task = write_fedavg(root, args="min_clients=1, max_rounds=3, log_rounds=1, calculation_timeout=30")
     out = root / "run"
-    args = (str(task), "--out", str(out), "--data-dir", str(tiny_mnist), "--insecure")
+    args = (str(task), "--out", str(out), "--data-dir", str(tiny_mnist), "--insecure",
+            "--strategy", "fedadam", "--strategy-arg", "eta=0.01")  # a strategy with server state
     server = cluster.server("server", *args)
     keep = cluster.client("client-1", "--insecure", "--data-dir", str(tiny_mnist))
     doomed = cluster.client("client-2", "--insecure", "--data-dir", str(tiny_mnist))
@@ -313,6 +314,8 @@ def test_a_killed_client_and_a_killed_server(cluster: Cluster, tiny_mnist: Path)
     assert result["status"] == "completed"
     assert result["resumed_from_round"] == 2
     assert [r["round"] for r in result["rounds"]] == [1, 2, 3]
+    assert result["config"]["strategy"] == "fedadam" and result["config"]["strategy_args"] == {"eta": 0.01}
+    assert "Restored FedAdam's server state (current_arrays, m_t, v_t)" in server.text()
 
 
 def test_vertical_host_and_collaborator_fail_clearly_and_resume(cluster: Cluster) -> None:

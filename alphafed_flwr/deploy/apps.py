@@ -8,6 +8,7 @@ The ServerApp imports the adapters only when it runs.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,7 @@ def _server_main(grid: Grid, context: Context) -> None:
         from alphafed_flwr.adapters.secure_host import vertical_classes
         from alphafed_flwr.adapters.vertical_host import VerticalSettings, run_vertical_host
         from alphafed_flwr.api.hetero_nn import HeteroNNHostScheduler
+        from alphafed_flwr.strategies.codecs import ExchangeCodecs
         from alphafed_flwr.strategies.split_learning import SplitLearning
 
         host = TaskFileTemplate(ref, HeteroNNHostScheduler).new_instance()
@@ -86,6 +88,7 @@ def _server_main(grid: Grid, context: Context) -> None:
             schedule_timeout=float(host.schedule_timeout),
             calculation_timeout=float(host.calculation_timeout),
             batches_per_exchange=settings.batches_per_exchange,
+            codecs=ExchangeCodecs.parse(getattr(host, "exchange_codecs", None)),
         )
         run_vertical_host(grid, host_class(host, settings), strategy)  # type: ignore[arg-type]
         return
@@ -106,6 +109,10 @@ def _server_main(grid: Grid, context: Context) -> None:
         client_eval=str(config.get("client-eval", "last")),
         resume=bool(config.get("resume", True)),
         max_round_retries=int(config.get("max-round-retries", 3)),
+        strategy=str(config.get("strategy", "fedavg")),
+        strategy_args=json.loads(str(config.get("strategy-args", "{}"))),
+        max_num_examples=float(config.get("max-num-examples", ServerSettings.max_num_examples)),
+        target_epsilon=float(config.get("target-epsilon", 0.0)) or None,
         record=config,
     )
     trainer = template.new_instance() if scheduler.involve_aggregator else None
