@@ -26,7 +26,7 @@ Host-side defences (``LabelProtection``, applied to each batch's gradient before
 Collaborator-side (``EmbeddingDP``, applied to the features a collaborator sends): each
 sample's feature vector clipped to L2 norm ``clip`` and Gaussian noise of standard deviation
 ``noise_multiplier * 2 * clip`` added (2 * clip is the L2 sensitivity when one sample's raw
-features are replaced). ``epsilon`` states the guarantee with Google's ``dp-accounting``
+features are replaced). ``epsilon`` states the guarantee with Google's ``dp-accounting`` (extra ``dp``)
 (Rényi DP of the Gaussian mechanism, Mironov 2017, composed over every release of a
 sample's embedding: one per training round). It bounds what the host learns about one
 sample's raw features from its released embeddings, given the feature models; it says
@@ -285,8 +285,11 @@ class EmbeddingDP:
 
     def epsilon(self, releases: int) -> float:
         """Epsilon after ``releases`` releases of one sample's embedding (RDP accountant)."""
-        import dp_accounting  # pylint: disable=import-outside-toplevel
-        from dp_accounting.rdp import RdpAccountant  # pylint: disable=import-outside-toplevel
+        try:  # pylint: disable=import-outside-toplevel
+            import dp_accounting
+            from dp_accounting.rdp import RdpAccountant
+        except ImportError as exc:
+            raise ImportError("EmbeddingDP.epsilon needs dp-accounting: pip install 'alphafed-flwr[dp]'") from exc
 
         accountant = RdpAccountant()
         accountant.compose(
