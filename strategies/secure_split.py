@@ -28,9 +28,8 @@ import numpy as np
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
+from .protocol import SECURE
 from .split_learning import BatchMismatch, HostBatch, MalformedReply, SplitLearning, SplitLearningHost, _span
-
-SECURE = "train.secure"
 
 
 class SecureSplitLearningHost(SplitLearningHost, Protocol):
@@ -101,9 +100,9 @@ class SecureSplitLearning(SplitLearning):
         )
         return replies
 
-    def run_round(self, grid: Grid, host: SplitLearningHost, server_round: int) -> dict[str, float]:
+    def run_round(self, grid: Grid, host: Any, server_round: int) -> dict[str, float]:
         """Train one round (two round trips per batch); test it if scheduled."""
-        assert _is_secure(host)
+        _require_secure(host)
         k = self.batches_per_exchange
         extra = host.begin_round(server_round)
         test_now = host.is_test_round(server_round)
@@ -121,6 +120,7 @@ class SecureSplitLearning(SplitLearning):
         total = self._batch_count(replies)
         log(INFO, "Round %d: %d training batches per party, %d per feature exchange", server_round, total, k)
         pending: dict[str, dict[str, Any]] = {key: {} for key in self.nodes}
+        last_log = time.monotonic()
         for group in _groups(total, k):
             if group[0] > 0:
                 replies = self.secure_send(
@@ -139,9 +139,9 @@ class SecureSplitLearning(SplitLearning):
                 }
                 parts = self.secure_send(grid, forward, f"round {server_round}, the projection of batch {index + 1}")
                 pending = host.train_secure(parts)
-                if time.monotonic() - getattr(self, "_last_log", 0.0) >= self.progress_every:
+                if time.monotonic() - last_log >= self.progress_every:
                     log(INFO, "Round %d: batch %d/%d", server_round, index + 1, total)
-                    self._last_log = time.monotonic()
+                    last_log = time.monotonic()
         if host.next_batch() is not None:
             raise BatchMismatch(
                 f"round {server_round}: the host yields more than the {total} training batches "
@@ -161,9 +161,9 @@ class SecureSplitLearning(SplitLearning):
         return self._secure_test(grid, host, replies, server_round)
 
     def _secure_test(
-        self, grid: Grid, host: SplitLearningHost, replies: dict[str, dict[str, Any]], server_round: int
+        self, grid: Grid, host: Any, replies: dict[str, dict[str, Any]], server_round: int
     ) -> dict[str, float]:
-        assert _is_secure(host)
+        _require_secure(host)
         what = f"round {server_round} test"
         alphas = {key: split_counts(key, r, "test-alpha", what) for key, r in replies.items()}
         mine = host.test_batches()
@@ -201,10 +201,9 @@ class SecureSplitLearning(SplitLearning):
             _check_sizes(what, key, mine, reply, "sizes", "digests", offset)
 
 
-def _is_secure(host: SplitLearningHost) -> bool:
+def _require_secure(host: Any) -> None:
     if not hasattr(host, "train_secure"):
         raise TypeError("SecureSplitLearning needs a host adapter with the secure callbacks (SecureVerticalHost)")
-    return True
 
 
 def _groups(total: int, k: int) -> Iterator[list[int]]:
