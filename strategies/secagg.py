@@ -43,10 +43,11 @@ from flwr.supercore import log
 from alphafed_flwr import compat
 
 from .errors import StrategyConfigError
+from .protocol import ARRAYS, SERVER_ROUND
 
 #: FitIns config keys the client bridge reads (the key order travels as a JSON list).
 KEYS = "alphafed.keys"
-ROUND = "server-round"
+ROUND = SERVER_ROUND
 MODULUS = 2**32
 
 
@@ -141,6 +142,53 @@ class _Bridge(legacy.Strategy):
         return None
 
 
+STAGES = ("setup", "share keys", "collect masked vectors", "unmask")
+
+
+class _StageLog(Grid):
+    """The grid view the workflow uses, recording what each of its stages got back."""
+
+    def __init__(self, grid: Grid) -> None:
+        self._grid = grid
+        self.stages: list[tuple[int, int, list[str]]] = []  # (sent, answered, error reasons)
+
+    def set_run(self, run: Any) -> None:  # noqa: D102
+        self._grid.set_run(run)
+
+    @property
+    def run(self) -> Any:  # noqa: D102
+        return self._grid.run
+
+    def create_message(self, *args: Any, **kwargs: Any) -> Message:  # noqa: D102
+        return self._grid.create_message(*args, **kwargs)
+
+    def get_node_ids(self) -> Iterable[int]:  # noqa: D102
+        return self._grid.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # noqa: D102
+        return self._grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # noqa: D102
+        return self._grid.pull_messages(message_ids)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        """Delegated; records the stage's answers."""
+        messages = list(messages)
+        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        errors = [r.error.reason for r in replies if r.has_error()]
+        self.stages.append((len(messages), len(replies) - len(errors), errors))
+        return replies
+
+    def halted(self) -> str:
+        """Which stage stopped the protocol, and why."""
+        if not self.stages:
+            return "before the first stage"
+        sent, answered, errors = self.stages[-1]
+        name = STAGES[min(len(self.stages), len(STAGES)) - 1]
+        why = f"; errors: {'; '.join(sorted(set(e[:200] for e in errors)))}" if errors else ""
+        return f"at stage '{name}': {answered} of {sent} nodes answered in time{why}"
+
+
 class SecAggPlusFedAvg(Strategy):
     """FedAvg whose training rounds run Flower's SecAgg+ protocol (``train_exchange``).
 
@@ -154,7 +202,7 @@ class SecAggPlusFedAvg(Strategy):
         compat.check_flower("privacy")
         self.settings = settings
         self.plain = FedAvg(min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1)
-        self.arrayrecord_key = "arrays"
+        self.arrayrecord_key = ARRAYS
 
     def train_exchange(
         self, grid: Grid, nodes: list[int], server_round: int, arrays: ArrayRecord, config: ConfigRecord
@@ -179,11 +227,12 @@ class SecAggPlusFedAvg(Strategy):
             modulus_range=MODULUS,
             timeout=s.timeout,
         )
-        workflow(grid, context)
+        stages = _StageLog(grid)
+        workflow(stages, context)
         if bridge.mean_update is None:
             return None, None, (
-                f"SecAgg+ halted (fewer than t={s.threshold} of {len(nodes)} nodes or shares "
-                f"within {s.timeout:g}s at some stage): nothing unmasked"
+                f"SecAgg+ halted {stages.halted()} (needs t={s.threshold} of the {len(nodes)} sampled "
+                f"nodes within {s.timeout:g}s per stage): nothing unmasked"
             )
         if len(bridge.mean_update) != len(keys):
             return None, None, "SecAgg+ returned another number of arrays than the global state"
