@@ -8,11 +8,13 @@ on every TRAIN reply (and on the server's own update) before any strategy sees i
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+
+from .protocol import ARRAYS, NUM_EXAMPLES
 
 #: Default cap on the sample count one reply may claim (``--max-num-examples``).
 DEFAULT_MAX_NUM_EXAMPLES = 1_000_000
@@ -87,8 +89,8 @@ def reply_problem(
     content: Any,
     reference: ArrayRecord,
     *,
-    arrayrecord_key: str = "arrays",
-    weight_key: str = "num-examples",
+    arrayrecord_key: str = ARRAYS,
+    weight_key: str = NUM_EXAMPLES,
     max_num_examples: float = DEFAULT_MAX_NUM_EXAMPLES,
     required_metrics: Iterable[str] = (),
 ) -> str | None:
@@ -226,12 +228,3 @@ def weights_of(contents: Iterable[RecordDict], key: str) -> list[float]:
     """Each content's ``key`` from its (single) MetricRecord, as floats."""
     return [float(next(iter(c.metric_records.values()))[key]) for c in contents]  # type: ignore[arg-type]
 
-
-def numbers(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """The finite scalar numbers of a mapping, as floats."""
-    out = {}
-    for key, value in metrics.items():
-        number = _finite_number(value)
-        if number is not None:
-            out[key] = number
-    return out

@@ -149,7 +149,3 @@ def _literal(text: str) -> Any:
     except tomllib.TOMLDecodeError:
         return text
 
-
-def describe() -> str:
-    """A help text listing every strategy and its parameters."""
-    return "; ".join(f"{n} ({', '.join(e.params()) or '-'})" for n, e in CATALOG.items())
