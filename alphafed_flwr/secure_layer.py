@@ -211,10 +211,11 @@ def _by_column(values: np.ndarray, cols: np.ndarray) -> np.ndarray:
     return out
 
 
-def _pad(values: np.ndarray, slots: int) -> list[float]:
+def _pad(values: np.ndarray, slots: int) -> ts.PlainTensor:
+    """``values`` flattened and zero-padded to ``slots`` (a plaintext operand or input)."""
     flat = np.zeros(slots)
     flat[: values.size] = values.ravel()
-    return flat.tolist()
+    return ts.plain_tensor(flat)
 
 
 # ----- the collaborator (holds the secret key) ------------------------------------------------
