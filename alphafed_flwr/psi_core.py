@@ -21,7 +21,7 @@ DST = b"ALPHAFED-FLWR-PSI-V02-CS01-with-ristretto255_XMD:SHA-512_R255MAP_RO_"
 POINT_SIZE = 32
 CHUNK = 1 << 17  # points per message: 4 MiB
 HOST_CHAIN = "h"
-WORKERS = os.cpu_count() or 1
+WORKERS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 _XMD_PAD = hashlib.sha512(bytes(128))  # expand_message_xmd's Z_pad block, hashed once
 
 

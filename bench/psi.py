@@ -158,18 +158,52 @@ def deploy(ids: int, out: Path) -> dict[str, Any]:
             **{f"peak_rss_gb_{k}": v / 1e9 for k, v in peaks.items()}}
 
 
+def in_process(ids: int) -> dict[str, Any]:
+    """Both parties in this process, messages through the payload codec (Flower records)
+    but no transport: the protocol's own CPU cost, hashing included."""
+    from alphafed_flwr.psi import PsiParty, collaborator_step, run_psi  # noqa: PLC0415
+    from alphafed_flwr.strategies.payload import decode, encode  # noqa: PLC0415
+
+    host = PsiParty.create((f"id-{i:07d}" for i in range(ids)), num_keys=1)
+    collaborator = PsiParty.from_state((f"id-{i:07d}" for i in range(ids // 2, ids // 2 + ids)), {})
+
+    def exchange(requests: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        return {n: decode(encode(collaborator_step(collaborator, decode(encode(r)))[0])) for n, r in requests.items()}
+
+    start, cpu_start = time.perf_counter(), time.process_time()
+    mine, _ = run_psi(host, ["c1"], exchange)
+    if len(mine) != ids // 2:
+        raise RuntimeError(f"{len(mine)} common IDs in process, expected {ids // 2}")
+    return {"in_process_ids": ids, "in_process_seconds": time.perf_counter() - start,
+            "in_process_cpu_seconds": time.process_time() - cpu_start}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ids", type=int, default=1_000_000, help="IDs per party (half in common)")
     parser.add_argument("--rate-seconds", type=float, default=8.0, help="length of each rate measurement")
     parser.add_argument("--out", type=Path, default=None, help="run folder (default: a temporary one)")
+    parser.add_argument("--in-process", type=int, default=0, metavar="IDS",
+                        help="also run the protocol with both parties in this process at IDS IDs each")
+    parser.add_argument("--no-deployment", action="store_true", help="skip the loopback deployment")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="psi-bench-"))
     before = {k: rate(k, args.rate_seconds) for k in ("x25519", "ristretto255")}
+    local = in_process(args.in_process) if args.in_process else {}
+    if args.no_deployment:
+        after = {k: rate(k, args.rate_seconds) for k in ("x25519", "ristretto255")}
+        print(json.dumps({**local, "rates_before": before, "rates_after": after}, indent=1))
+        if local:
+            per_cpu = (before["ristretto255"][1] + after["ristretto255"][1]) / 2
+            bare = 4 * args.in_process / per_cpu
+            print(f"README: in process, {args.in_process:,} x {args.in_process:,} IDs: "
+                  f"{local['in_process_cpu_seconds']:.1f} CPU s = {local['in_process_cpu_seconds'] / bare:.2f}x "
+                  f"the CPU seconds of 4n bare ristretto255 multiplications ({per_cpu:,.0f} per CPU second)")
+        return
     run = deploy(args.ids, out)
     after = {k: rate(k, args.rate_seconds) for k in ("x25519", "ristretto255")}
     mults = 4 * args.ids
-    result: dict[str, Any] = {"ids": args.ids, "multiplications": mults, **run}
+    result: dict[str, Any] = {"ids": args.ids, "multiplications": mults, **run, **local}
     for kind in before:
         both = (before[kind][0] + after[kind][0]) / 2
         per_cpu = (before[kind][1] + after[kind][1]) / 2
