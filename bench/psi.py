@@ -2,7 +2,7 @@
 in common, as two deployments on loopback (``python -m alphafed_flwr.server`` and ``.client``,
 Flower's SuperLink and SuperNode), against the limit measured in the same run.
 
-    python bench/psi.py [--ids 1000000] [--rate-seconds 8]
+    python bench/psi.py [--ids 1000000] [--rate-seconds 8] [--in-process IDS]
 
 The two-party protocol takes 4n scalar multiplications (n = IDs per party: each party
 blinds its own list and the other's). The limit is 4n divided by the rate of raw scalar
@@ -14,8 +14,12 @@ own log line (start to the last reply); memory is the peak, sampled every 0.5 s,
 resident set sizes summed over each side's process tree (psutil). On a shared machine the
 wall-time ratio moves with other people's load, so the bench also prints the CPU seconds
 both parties' process trees spent during the PSI against the CPU seconds 4n bare
-multiplications take (rates per CPU second, same measurements). The task is
-``bench/psi_task.py``; messages carry chunks of ``alphafed_flwr.psi.CHUNK`` points.
+multiplications take (rates per CPU second, same measurements). ``--in-process IDS`` also
+runs the protocol with both parties in this process (messages through the payload codec, no
+transport): its CPU seconds against bare multiplications are the protocol's own overhead.
+The task is ``bench/psi_task.py``; messages carry chunks of ``alphafed_flwr.psi.CHUNK`` points.
+
+    python bench/psi.py --in-process 100000 --no-deployment
 """
 
 from __future__ import annotations
