@@ -21,7 +21,7 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +134,10 @@ def supernode_flags(args: argparse.Namespace) -> list[str]:
         return ["--insecure"]
     if not args.ca_cert:
         raise ConfigError("TLS needs --ca-cert (the CA that signed the server's certificate), or pass --insecure")
-    flags = ["--root-certificates", str(Path(args.ca_cert).resolve())]
+    ca = Path(args.ca_cert).resolve()
+    if not ca.is_file():
+        raise ConfigError(f"CA certificate '{ca}' does not exist")
+    flags = ["--root-certificates", str(ca)]
     if args.node_key:
         key = Path(args.node_key).resolve()
         if not key.is_file():
@@ -153,32 +156,48 @@ class ExecutorKeeper(threading.Thread):
     """Keeps the node's warm executor (``alphafed_flwr.deploy.executor``) running.
 
     With the SuperNode in ``process`` isolation nothing else would run the node's messages,
-    so an executor that dies (killed for memory, say) is started again at once.
+    so an executor that dies (killed for memory, say) is started again at once. One that
+    cannot start (it fails ``QUICK_FAILURES`` times within ``QUICK`` seconds of starting;
+    its output, with the cause, is on the terminal) is given up: ``failed`` says so and
+    ``on_failure`` is called.
     """
 
     CHECK_EVERY = 0.5  # seconds
+    QUICK = 20.0  # seconds
+    QUICK_FAILURES = 3
 
-    def __init__(self, runtime_port: int, poll_interval: float, env: dict[str, str], out: Path) -> None:
+    def __init__(
+        self, command: list[str], env: dict[str, str], out: Path, on_failure: Callable[[], Any]
+    ) -> None:
         super().__init__(daemon=True, name="executor-keeper")
-        self.command = python_module(
-            "alphafed_flwr.deploy.executor", "--runtime-api-address", f"127.0.0.1:{runtime_port}",
-            "--poll-interval", str(poll_interval or 1.0),
-        )
-        self.env, self.out = env, out
+        self.command, self.env, self.out, self.on_failure = command, env, out, on_failure
+        self.failed: str | None = None
+        self._quick_failures = 0
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self.executor = self._start()
 
     def _start(self) -> Managed:
+        self._started_at = time.monotonic()
         return Managed("executor", self.command, self.env, self.out, on_line=print_line)
 
     def run(self) -> None:
         while not self._stopping.wait(self.CHECK_EVERY):
             with self._lock:
                 code = self.executor.process.poll()
-                if code is not None and not self._stopping.is_set():
-                    logger.warning("The warm executor stopped (exit %s); starting it again", code)
-                    self.executor = self._start()
+                if code is None or self._stopping.is_set():
+                    continue
+                quick = time.monotonic() - self._started_at < self.QUICK
+                self._quick_failures = self._quick_failures + 1 if quick else 0
+                if self._quick_failures >= self.QUICK_FAILURES:
+                    self.failed = (
+                        f"the warm executor failed {self._quick_failures} times right after starting "
+                        f"(exit {code}; its output above says why)"
+                    )
+                    self.on_failure()
+                    return
+                logger.warning("The warm executor stopped (exit %s); starting it again", code)
+                self.executor = self._start()
 
     def stop(self) -> None:
         """Stop the executor and do not restart it."""
@@ -277,16 +296,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--max-wait-time", str(args.connect_timeout),
     )
     keeper = None
-    if not args.no_warm_executor:
-        command += ["--isolation", "process"]
-        keeper = ExecutorKeeper(runtime_port, args.poll_interval, env, out)
-        keeper.start()
     runner = SuperNodeRunner(command, env, out, args.connect_timeout)
+    if not args.no_warm_executor:
+        runner.command += ["--isolation", "process"]
+        executor = python_module(
+            "alphafed_flwr.deploy.executor", "--runtime-api-address", f"127.0.0.1:{runtime_port}",
+            "--poll-interval", str(args.poll_interval or 1.0),
+        )
+        keeper = ExecutorKeeper(executor, env, out, on_failure=runner.request_stop)
+        keeper.start()
     signal.signal(signal.SIGTERM, runner.request_stop)
     signal.signal(signal.SIGINT, runner.request_stop)
     logger.info("Joining %s as a SuperNode (outputs in %s)", args.server, out)
     try:
-        return runner.run()
+        code = runner.run()
+        if keeper is not None and keeper.failed:
+            raise TaskFailed(keeper.failed)
+        return code
     finally:
         runner.stop()
         if keeper is not None:

@@ -61,6 +61,20 @@ def test_a_superlink_that_cannot_start_says_why_on_the_terminal(tmp_path: Path) 
     assert "address already in use" in (done.stderr + done.stdout).lower()
 
 
+def test_an_executor_that_cannot_start_is_given_up_with_its_cause(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from alphafed_flwr.client import ExecutorKeeper
+
+    stopped = []
+    broken = [sys.executable, "-c", "import sys; print('ImportError: no module named torch'); sys.exit(3)"]
+    keeper = ExecutorKeeper(broken, dict(os.environ), tmp_path, on_failure=lambda: stopped.append(True))
+    keeper.CHECK_EVERY = 0.05
+    keeper.start()
+    keeper.join(60)
+    assert not keeper.is_alive() and stopped == [True]
+    assert keeper.failed is not None and "failed 3 times right after starting (exit 3" in keeper.failed
+    assert capsys.readouterr().out.count("ImportError: no module named torch") == 3  # the cause, on the terminal
+
+
 # ------------------------------------------------------------------ §2 one folder per node
 def test_nodes_never_share_a_folder(tmp_path: Path) -> None:
     def client(*args: str) -> subprocess.Popen[str]:
