@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from deploy_helpers import Cluster, summary
 
+pytestmark = pytest.mark.timeout(1200)  # upper bound: this CPU is shared
+
 TASK = '''
 import torch
 import torch.nn.functional as F
