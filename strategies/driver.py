@@ -48,6 +48,7 @@ from .aggregation import (
 )
 from .errors import RoundFailed, StrategyConfigError, StrategyError
 from .exchange import DEFAULT_POLL_INTERVAL, exchange, pull, push, wait_for_nodes
+from .protocol import ARRAYS, METRICS, NUM_EXAMPLES
 
 SERVER_NODE = 0  # node id of the server's own update when it trains as a participant
 
@@ -132,8 +133,8 @@ class DriverConfig:
     max_round_retries: int = 3
     poll_interval: float = DEFAULT_POLL_INTERVAL
     seed: int | None = None
-    weighted_by_key: str = "num-examples"
-    arrayrecord_key: str = "arrays"
+    weighted_by_key: str = NUM_EXAMPLES
+    arrayrecord_key: str = ARRAYS
     fraction: float = 1.0
 
     def __post_init__(self) -> None:
@@ -529,7 +530,7 @@ class RoundDriver:
                 metrics[self._weight_key] = 1
             # a new ArrayRecord of the same Arrays: strategies such as FedMedian pop from it
             update = ArrayRecord(dict(content.array_records[self._arrays_key].items()))
-            accepted[node] = RecordDict({self._arrays_key: update, "metrics": metrics})
+            accepted[node] = RecordDict({self._arrays_key: update, METRICS: metrics})
         return accepted
 
     def aggregate(
@@ -610,7 +611,7 @@ class RoundDriver:
             if problem:
                 log(WARNING, "Left the evaluation of node %s out of the mean: %s", node, problem)
                 continue
-            clean[node] = RecordDict({"metrics": metrics})
+            clean[node] = RecordDict({METRICS: metrics})
         if not clean:
             return None
         contents = _harmonized(list(clean.values()))
@@ -635,7 +636,7 @@ def _harmonized(contents: list[RecordDict]) -> list[RecordDict]:
     out = []
     for content, record in zip(contents, records, strict=True):
         new = RecordDict(dict(content.array_records))
-        new["metrics"] = MetricRecord({k: v for k, v in record.items() if k in keep})
+        new[METRICS] = MetricRecord({k: v for k, v in record.items() if k in keep})
         out.append(new)
     return out
 

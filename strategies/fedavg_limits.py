@@ -12,6 +12,7 @@ from flwr.serverapp.strategy import FedAvg, Result
 from .aggregation import DEFAULT_MAX_NUM_EXAMPLES, weighted_mean, weights_of
 from .driver import AdmitNodes, DriverConfig, FederatedHooks, RoundDriver
 from .exchange import DEFAULT_POLL_INTERVAL
+from .protocol import ARRAYS, CONFIG, NUM_EXAMPLES
 
 
 class FedAvgWithClientLimits(FedAvg):
@@ -63,9 +64,9 @@ class FedAvgWithClientLimits(FedAvg):
         max_round_retries: int = 3,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         seed: int | None = None,
-        weighted_by_key: str = "num-examples",
-        arrayrecord_key: str = "arrays",
-        configrecord_key: str = "config",
+        weighted_by_key: str = NUM_EXAMPLES,
+        arrayrecord_key: str = ARRAYS,
+        configrecord_key: str = CONFIG,
     ) -> None:
         super().__init__(
             min_train_nodes=1,

@@ -12,9 +12,10 @@ from .aggregation import DEFAULT_MAX_NUM_EXAMPLES
 from .errors import StrategyError
 from .exchange import DEFAULT_POLL_INTERVAL, exchange
 from .fedavg_limits import FedAvgWithClientLimits
+from .protocol import CONFIG, FULL_BATCH
 
 #: Message type of the query that asks a node whether its training loader is full-batch.
-FULL_BATCH_QUERY = "query.full_batch"
+FULL_BATCH_QUERY = FULL_BATCH
 
 
 class FullBatchRefused(StrategyError):
@@ -49,7 +50,7 @@ class FullBatchCheck:
         if not todo:
             return
         messages = [
-            Message(RecordDict({"config": ConfigRecord()}), node, FULL_BATCH_QUERY, ttl=self.timeout)
+            Message(RecordDict({CONFIG: ConfigRecord()}), node, FULL_BATCH_QUERY, ttl=self.timeout)
             for node in todo
         ]
         res = exchange(grid, messages, self.timeout, self.poll_interval)

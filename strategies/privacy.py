@@ -35,6 +35,7 @@ from flwr.supercore import log
 from alphafed_flwr import compat
 
 from .errors import StrategyConfigError
+from .protocol import ARRAYS
 
 #: Population size given to the accountant. Without amplification it only bounds a
 #: round's sample size (Flower checks sample_size <= population_size); it changes no epsilon.
@@ -123,7 +124,7 @@ class PrivateFedAvg(Strategy):
             num_sampled_clients=1,
             accountant=self.accountant,  # type: ignore[arg-type]
         )
-        self.arrayrecord_key = "arrays"
+        self.arrayrecord_key = ARRAYS
         self._pending: set[int] = set()
 
     # ----- what the driver calls -------------------------------------------------------------

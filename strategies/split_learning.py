@@ -36,10 +36,8 @@ from .codecs import ExchangeCodecs
 from .errors import ExchangeTimeout, NodesUnavailable, StrategyError
 from .exchange import DEFAULT_POLL_INTERVAL, exchange, pull, push
 from .payload import PayloadError, decode, encode
+from .protocol import EXCHANGE, HELLO, PSI
 
-HELLO = "query.hello"
-PSI = "query.psi"
-EXCHANGE = "train.exchange"
 
 PayloadExchange = Callable[[dict[str, dict[str, Any]]], dict[str, dict[str, Any]]]
 

@@ -24,6 +24,20 @@ from alphafed_flwr.api.env import RunEnvironment, set_environment
 from alphafed_flwr.api.errors import ConfigError
 from alphafed_flwr.api.fed_avg import FedAvgScheduler, FedSGDScheduler, dataset_size
 from alphafed_flwr.api.scheduler import call_user
+from alphafed_flwr.strategies.protocol import (
+    ARRAYS,
+    CONFIG,
+    EVALUATE,
+    FULL_BATCH,
+    FULL_BATCH_RECORD,
+    METRICS,
+    NUM_EXAMPLES,
+    PARTY,
+    SERVER_ROUND,
+    TRAIN,
+    TRAIN_SECONDS,
+    route,
+)
 
 from .partition import PartitionSpec, partition_indices, partition_loader
 from .records import arrays_to_state, restore_optimizer, save_optimizer, state_to_arrays
@@ -119,10 +133,10 @@ class HorizontalClient:
         )
 
     def _start_round(self, message: Message) -> int:
-        config = message.content.config_records.get("config", ConfigRecord())
-        server_round = int(config.get("server-round", 1))  # type: ignore[arg-type]
+        config = message.content.config_records.get(CONFIG, ConfigRecord())
+        server_round = int(config.get(SERVER_ROUND, 1))  # type: ignore[arg-type]
         self.scheduler.set_round(server_round)
-        arrays = message.content.array_records.get("arrays")
+        arrays = message.content.array_records.get(ARRAYS)
         if arrays is not None:
             call_user(self.scheduler, "load_state_dict", arrays_to_state(arrays))
         return server_round
@@ -132,7 +146,7 @@ class HorizontalClient:
         sched = self.scheduler
         self._start_round(message)
         if hasattr(sched, "apply_round_config"):  # e.g. FedProxScheduler reads "proximal-mu"
-            config = message.content.config_records.get("config", ConfigRecord())
+            config = message.content.config_records.get(CONFIG, ConfigRecord())
             call_user(sched, "apply_round_config", dict(config))
         sched.reset_optimizer()
         optimizer = sched.optimizer
@@ -145,8 +159,8 @@ class HorizontalClient:
         seconds = time.perf_counter() - start
         content = RecordDict(
             {
-                "arrays": state_to_arrays(call_user(sched, "state_dict"), "state_dict()"),
-                "metrics": MetricRecord({"num-examples": num_examples, "train-seconds": seconds}),
+                ARRAYS: state_to_arrays(call_user(sched, "state_dict"), "state_dict()"),
+                METRICS: MetricRecord({NUM_EXAMPLES: num_examples, TRAIN_SECONDS: seconds}),
             }
         )
         if not self.settings.reset_optimizer:
@@ -158,10 +172,10 @@ class HorizontalClient:
         """The user's test on local data, with the global state."""
         self._start_round(message)
         values = self.scheduler.collect_test()
-        values["num-examples"] = dataset_size(self.scheduler.test_loader)
+        values[NUM_EXAMPLES] = dataset_size(self.scheduler.test_loader)
         self.scheduler.flush_outputs()
         content = RecordDict(
-            {"metrics": MetricRecord(values), "party": ConfigRecord({"party": self.party})}
+            {METRICS: MetricRecord(values), PARTY: ConfigRecord({PARTY: self.party})}
         )
         return Message(content, reply_to=message)
 
@@ -179,7 +193,7 @@ class HorizontalClient:
                 answer["ok"] = True
             except ConfigError as exc:
                 answer["reason"] = f"{self.party}: {exc}"
-        return Message(RecordDict({"full_batch": answer}), reply_to=message)
+        return Message(RecordDict({FULL_BATCH_RECORD: answer}), reply_to=message)
 
 
 def horizontal_client_app(
@@ -205,7 +219,7 @@ def horizontal_client_app(
     def client(context: Context) -> HorizontalClient:
         return HorizontalClient(source_fn(context), settings_fn(context), context)
 
-    @app.train()
+    @route(app, TRAIN)
     def train(message: Message, context: Context) -> Message:
         if is_secagg(message):  # SecureFedAvgScheduler: Flower's secaggplus_mod runs the stages
             node: list[HorizontalClient] = []
@@ -219,11 +233,11 @@ def horizontal_client_app(
         refuse_plain_train(node_client.scheduler)
         return node_client.train(message)
 
-    @app.evaluate()
+    @route(app, EVALUATE)
     def evaluate(message: Message, context: Context) -> Message:
         return client(context).evaluate(message)
 
-    @app.query("full_batch")
+    @route(app, FULL_BATCH)
     def full_batch(message: Message, context: Context) -> Message:
         return client(context).full_batch(message)
 

@@ -32,6 +32,7 @@ from alphafed_flwr.strategies import (
 )
 from alphafed_flwr.strategies.aggregation import DEFAULT_MAX_NUM_EXAMPLES
 from alphafed_flwr.strategies.catalog import build_strategy
+from alphafed_flwr.strategies.protocol import ARRAYS, METRICS, NUM_EXAMPLES, PARTY
 
 from .outputs import Checkpoint, RunSummary, save_state_dict
 from .private import PrivacyReport, private_strategy
@@ -257,8 +258,8 @@ class HorizontalServer:
         """Write each client's test results to ``<out>/metrics/clients/<party>.csv``."""
         for node, content in sorted(metrics.items()):
             record = next(iter(content.metric_records.values()), MetricRecord())
-            party_record = content.config_records.get("party", ConfigRecord())
-            party = str(party_record.get("party", f"node-{node}"))
+            party_record = content.config_records.get(PARTY, ConfigRecord())
+            party = str(party_record.get(PARTY, f"node-{node}"))
             row = {"round": server_round, **{k: v for k, v in record.items()}}
             path = csv_file(self.out / "metrics" / "clients", party)
             append_csv_row(path, list(row), row)
@@ -278,8 +279,8 @@ class HorizontalServer:
         num_examples = trainer.run_local_round()
         return RecordDict(
             {
-                "arrays": state_to_arrays(call_user(trainer, "state_dict"), "state_dict()"),
-                "metrics": MetricRecord({"num-examples": num_examples}),
+                ARRAYS: state_to_arrays(call_user(trainer, "state_dict"), "state_dict()"),
+                METRICS: MetricRecord({NUM_EXAMPLES: num_examples}),
             }
         )
 

@@ -20,6 +20,7 @@ from flwr.common import parameters_to_ndarrays
 
 from alphafed_flwr.api.errors import ConfigError
 from alphafed_flwr.api.secure_fed_avg import SecureFedAvgScheduler
+from alphafed_flwr.strategies.protocol import ARRAYS, CONFIG, NUM_EXAMPLES, SERVER_ROUND
 from alphafed_flwr.strategies.secagg import KEYS, ROUND, fit_instructions, fit_reply
 
 #: Config record that marks a SecAgg+ message (Flower's ``RECORD_KEY_CONFIGS``).
@@ -61,12 +62,12 @@ def secure_train(
             raise ValueError("SecAgg+ fit instructions: key list and parameters differ in length")
         config = {k: v for k, v in fitins.config.items() if k != KEYS}
         msg.content = RecordDict({
-            "arrays": ArrayRecord({k: Array(np.ascontiguousarray(a)) for k, a in zip(keys, global_nd, strict=True)}),
-            "config": ConfigRecord({**config, "server-round": int(fitins.config[ROUND])}),  # type: ignore[arg-type]
+            ARRAYS: ArrayRecord({k: Array(np.ascontiguousarray(a)) for k, a in zip(keys, global_nd, strict=True)}),
+            CONFIG: ConfigRecord({**config, SERVER_ROUND: int(fitins.config[ROUND])}),  # type: ignore[arg-type]
         })
         reply = train(msg)
-        local = reply.content.array_records["arrays"]
-        num = int(next(iter(reply.content.metric_records.values()))["num-examples"])  # type: ignore[arg-type]
+        local = reply.content.array_records[ARRAYS]
+        num = int(next(iter(reply.content.metric_records.values()))[NUM_EXAMPLES])  # type: ignore[arg-type]
         num = max(1, min(num, int(sched.max_weight)))
         deltas = [np.asarray(local[k].numpy(), dtype=np.float64) - g.astype(np.float64)
                   for k, g in zip(keys, global_nd, strict=True)]

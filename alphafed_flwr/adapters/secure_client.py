@@ -38,12 +38,13 @@ from alphafed_flwr.secure_layer import (
 )
 from alphafed_flwr.strategies.checks import check_array
 from alphafed_flwr.strategies.payload import decode, encode
+from alphafed_flwr.strategies.protocol import SECURE, route
 
 from .feature_replay import RecordedRound, ids_digest, replay_backward, replay_features
 from .templates import SchedulerSource
 from .vertical_client import CollaboratorSettings, VerticalCollaborator
 
-SECURE_TYPE = "train.secure"
+SECURE_TYPE = SECURE  # kept for callers of the old name
 KEYS, SHARE, PENDING = "secure.keys", "secure.share", "secure.alpha"
 
 
@@ -240,5 +241,5 @@ def add_secure_handler(
         party = SecureCollaborator(source_fn(context), settings_fn(context), context)
         return Message(encode(party.secure(decode(message.content))), reply_to=message)
 
-    app.train(SECURE_TYPE.split(".", 1)[1])(handler)
+    route(app, SECURE)(handler)
     return app

@@ -29,6 +29,7 @@ from alphafed_flwr.psi import PsiParty, canonical_ids, collaborator_step
 from alphafed_flwr.strategies.checks import DEFAULT_MAX_ABS, ArrayRejected, check_array
 from alphafed_flwr.strategies.codecs import decode_request, encode_reply
 from alphafed_flwr.strategies.payload import decode, encode
+from alphafed_flwr.strategies.protocol import EXCHANGE, HELLO, PSI, route
 
 from .feature_replay import (
     InputStore,
@@ -357,7 +358,7 @@ def collaborator_client_app(
 
         return handler
 
-    app.query("hello")(handle("hello"))
-    app.query("psi")(handle("psi"))
-    app.train("exchange")(handle("exchange"))
+    route(app, HELLO)(handle("hello"))
+    route(app, PSI)(handle("psi"))
+    route(app, EXCHANGE)(handle("exchange"))
     return app

@@ -16,6 +16,8 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
+from alphafed_flwr.strategies.protocol import COLLABORATOR_TYPES, HORIZONTAL_TYPES, route
+
 _bundle: Path | None = None
 
 
@@ -175,8 +177,8 @@ def _collaborator_settings(context: Context) -> Any:
 
 #: The message types each node role serves; a node refuses every other type.
 ROLE_MESSAGE_TYPES = {
-    "horizontal": ("train", "evaluate", "query.full_batch"),
-    "collaborator": ("query.hello", "query.psi", "train.exchange", "train.secure"),
+    "horizontal": HORIZONTAL_TYPES,
+    "collaborator": COLLABORATOR_TYPES,
 }
 _role_apps: dict[str, ClientApp] = {}
 
@@ -243,6 +245,5 @@ def _run_here(message: Message, context: Context) -> Message:
 #: The bundle's ClientApp for Flower's own SuperExec (``--no-warm-executor``): light to
 #: import; the adapters (and torch) load on the first message.
 client_app = ClientApp()
-for _type in ("train", "evaluate", "query.full_batch", "query.hello", "query.psi", "train.exchange", "train.secure"):
-    _category, _, _action = _type.partition(".")
-    getattr(client_app, _category)(_action or "default")(_run_here)
+for _type in HORIZONTAL_TYPES + COLLABORATOR_TYPES:
+    route(client_app, _type)(_run_here)
