@@ -9,17 +9,16 @@ name        parts (per array)                                   bytes per float3
 ``fp16``     the array as float16                                2
 ``int8``     int8 values ``round(x / scale)``, ``scale`` =       1 (+ 4 per array)
              max|x| / 127 as one float32
-``topk:F``   per sample (row: the first dimension), its          ~ 4 F (uint16 positions)
-             ``ceil(F * width)`` largest-magnitude values (float16)   or 6 F (uint32)
-             and their positions in the row (uint16 when a row
-             has at most 65,536 values, else uint32), and the
-             shape (int64); the rest decode as zeros
+``topk:F``   the ``ceil(F * size)`` largest-magnitude values     ~ 4 F (uint16 positions)
+             (float16), their flat positions (uint16 when the    or 6 F (uint32)
+             array has at most 65,536 values, else uint32) and
+             the shape (int64); the rest decode as zeros
 ==========  ==================================================  ======================
 
 ``pack`` puts a list of encoded arrays into a payload (``name``, ``name.scale``,
 ``name.index``, ``name.shape`` lists, and ``name.codec``), ``unpack`` reads them back.
 Decoding treats its input as hostile: the codec must be known, every part must have the
-exact dtype and shape it implies, positions must be in range and strictly increasing in each row,
+exact dtype and shape it implies, positions must be in range and strictly increasing,
 shapes bounded (``MAX_VALUES``); decoded arrays then pass the exchanged-array checks of
 ``checks.check_array`` (floating, finite, bounded). Nothing is ever pickled.
 """
@@ -104,19 +103,14 @@ class Codec:
             scale = top / 127.0 if top > 0 else 1.0
             q = np.clip(np.rint(x / scale), -127, 127).astype(np.int8)
             return {"": q, SCALE: np.array([scale], dtype=np.float32)}
-        if x.ndim == 0:
-            raise CodecError("top-k needs an array with a batch dimension")
         if x.size and float(np.max(np.abs(x))) > _FP16_MAX:
             raise CodecError(f"values beyond float16's range ({_FP16_MAX:g}): use int8 or float32")
-        rows = x.reshape(len(x), -1) if x.ndim > 1 else x.reshape(1, -1)
-        width = rows.shape[1]
-        keep = min(width, math.ceil(self.fraction * width))
-        index = np.zeros((len(rows), 0), dtype=np.intp)
-        if keep and len(rows):
-            index = np.sort(np.argpartition(np.abs(rows), width - keep, axis=1)[:, width - keep :], axis=1)
+        flat = x.ravel()
+        keep = min(flat.size, math.ceil(self.fraction * flat.size))
+        index = np.sort(np.argpartition(np.abs(flat), flat.size - keep)[flat.size - keep :]) if keep else np.zeros(0, int)
         return {
-            "": np.take_along_axis(rows, index, axis=1).astype(np.float16),
-            INDEX: index.astype(_index_dtype(width)),
+            "": flat[index].astype(np.float16),
+            INDEX: index.astype(_index_dtype(flat.size)),
             SHAPE: np.array(x.shape, dtype=np.int64),
         }
 
@@ -155,18 +149,14 @@ def _decode_topk(parts: Mapping[str, Any]) -> np.ndarray:
     size = math.prod(shape)
     if size > MAX_VALUES:
         raise CodecError(f"top-k shape {shape} holds {size} values, more than {MAX_VALUES}")
-    rows, width = (shape[0], math.prod(shape[1:])) if len(shape) > 1 else (1, shape[0])
-    index = _typed(parts.get(INDEX), _index_dtype(width), "positions")
+    index = _typed(parts.get(INDEX), _index_dtype(size), "positions")
     values = _typed(parts.get(""), np.float16, "values")
-    if index.ndim != 2 or len(index) != rows or index.shape[1] > width or values.shape != index.shape:
-        raise CodecError(
-            f"top-k needs as many positions as values, at most {width} for each of {rows} rows; "
-            f"got {index.shape} and {values.shape}"
-        )
-    if index.size and (int(index.max()) >= width or np.any(np.diff(index.astype(np.int64), axis=1) <= 0)):
-        raise CodecError("top-k positions must be strictly increasing in each row and inside it")
-    out = np.zeros((rows, width), dtype=np.float32)
-    np.put_along_axis(out, index.astype(np.intp), values.astype(np.float32), axis=1)
+    if index.ndim != 1 or values.shape != index.shape:
+        raise CodecError(f"top-k needs as many positions as values (1-D), got {index.shape} and {values.shape}")
+    if index.size and (int(index[-1]) >= size or np.any(np.diff(index.astype(np.int64)) <= 0)):
+        raise CodecError("top-k positions must be strictly increasing and inside the shape")
+    out = np.zeros(size, dtype=np.float32)
+    out[index] = values.astype(np.float32)
     return out.reshape(shape)
 
 

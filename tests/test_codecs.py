@@ -50,7 +50,7 @@ def test_topk_keeps_the_largest_values_and_zeroes_the_rest() -> None:
     x = np.array([[0.1, -5.0, 0.2], [3.0, 0.0, -0.3]], dtype=np.float32)
     (got,) = unpack(wire(pack("f", [x], Codec("topk", 0.33))), "f", "c")
     np.testing.assert_array_equal(got, [[0, -5.0, 0], [3.0, 0, 0]])
-    big = np.ones((2, 70000), dtype=np.float32)  # rows of more than 65,536 values: uint32 positions
+    big = np.ones((300, 300), dtype=np.float32)  # more than 65,536 values: uint32 positions
     assert pack("f", [big], Codec("topk", 0.01))["f.index"][0].dtype == np.uint32
 
 
@@ -119,11 +119,10 @@ def topk_reply() -> dict:
         (lambda p: p["g.shape"].__setitem__(0, np.array([1 << 20, 1 << 20], np.int64)), "more than"),
         (lambda p: p["g.shape"].__setitem__(0, np.array([-1, 8], np.int64)), "non-negative"),
         (lambda p: p["g.shape"].__setitem__(0, np.ones(9, np.int64)), "1..8"),
-        (lambda p: p["g.index"].__setitem__(0, p["g.index"][0][:, ::-1].copy()), "strictly increasing"),
+        (lambda p: p["g.index"].__setitem__(0, p["g.index"][0][::-1].copy()), "strictly increasing"),
         (lambda p: p["g.index"].__setitem__(0, np.full(2, 3, np.uint16)), "as many positions"),
         (lambda p: p["g.index"].__setitem__(0, p["g.index"][0].astype(np.int64)), "uint16 array"),
-        (lambda p: p["g.shape"].__setitem__(0, np.array([128, 4], np.int64)), "at most 4"),
-        (lambda p: p["g.shape"].__setitem__(0, np.array([128, 60], np.int64)), "inside it"),
+        (lambda p: p["g.shape"].__setitem__(0, np.array([4, 4], np.int64)), "inside the shape"),
         (lambda p: p["g"].__setitem__(0, p["g"][0].astype(np.float32)), "float16 array"),
         (lambda p: p.pop("g.shape"), "shape must be a int64"),
     ],
