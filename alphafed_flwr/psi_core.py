@@ -141,7 +141,7 @@ def multiply(key: bytes, points: np.ndarray) -> np.ndarray:
 
 def as_points(points: Any, count: int | None = None) -> np.ndarray:
     """``points`` as a C-contiguous (n, 32) uint8 array (``n == count`` if given), else ``PsiError``."""
-    if not isinstance(points, np.ndarray) or points.dtype != np.uint8 or points.ndim != 2 or points.shape[1] != POINT_SIZE:
+    if not isinstance(points, np.ndarray) or points.dtype != np.uint8 or points.shape[1:] != (POINT_SIZE,):
         shape = getattr(points, "shape", type(points).__name__)
         raise PsiError(f"expected an (n, {POINT_SIZE}) uint8 array of group elements, got {shape}")
     if count is not None and len(points) != count:

@@ -52,7 +52,10 @@ def run_psi(
         raise ValueError(f"chunk must be positive, got {chunk}")
     host.new_order()
     starts = exchange(
-        {name: {"start": True, "parties": m, "index": k, "host-size": len(host.ids)} for k, name in enumerate(collaborators)}
+        {
+            name: {"start": True, "parties": m, "index": k, "host-size": len(host.ids)}
+            for k, name in enumerate(collaborators)
+        }
     )
     sizes = {HOST_CHAIN: len(host.ids)}
     for k, name in enumerate(collaborators):

@@ -223,7 +223,8 @@ def main() -> None:
     print(
         f"README: PSI {args.ids:,} x {args.ids:,} IDs (50% common), loopback deployment: "
         f"{run['psi_seconds']:.1f} s = {result['ratio_ristretto255']:.2f}x the ristretto255 limit "
-        f"({result['limit_ristretto255_s']:.1f} s: 4n / {result['ristretto255_rate_both_cores']:,.0f} per s on 2 cores), "
+        f"({result['limit_ristretto255_s']:.1f} s: 4n / "
+        f"{result['ristretto255_rate_both_cores']:,.0f} per s on 2 cores), "
         f"{result['ratio_x25519']:.2f}x the X25519 limit ({result['limit_x25519_s']:.1f} s: 4n / "
         f"{result['x25519_rate_both_cores']:,.0f} per s); peak RSS host {run['peak_rss_gb_host']:.2f} GB, "
         f"collaborator {run['peak_rss_gb_collaborator']:.2f} GB (together {run['peak_rss_gb_both']:.2f} GB); "
