@@ -174,6 +174,14 @@ def test_expand_message_xmd_and_the_one_way_map_match_the_rfcs() -> None:
     assert point.hex() == "3066f82a1a747d45120d1740f14358531a8f04bbffe6a819f86dfe50f44a0a46"
 
 
+def test_the_bindings_temporary_library_copy_is_removed() -> None:
+    import sys  # pylint: disable=import-outside-toplevel
+    from pathlib import Path  # pylint: disable=import-outside-toplevel
+
+    psi_core._group()  # pylint: disable=protected-access
+    assert not Path(sys.modules["rbcl._sodium"].lib_path).exists()
+
+
 def test_blinding_commutes_and_rejects_non_elements() -> None:
     points = np.frombuffer(b"".join(hash_to_point(i) for i in range(5)), dtype=np.uint8).reshape(-1, 32)
     a, b = new_key(), new_key()
