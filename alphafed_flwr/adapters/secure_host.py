@@ -29,17 +29,8 @@ from alphafed_flwr.secure_layer import (
     unmask_projection,
 )
 from alphafed_flwr.strategies.checks import check_array
-from alphafed_flwr.strategies.secure_split import SecureSplitLearning
-from alphafed_flwr.strategies.split_learning import SplitLearning
 
 from .vertical_host import VerticalHost, VerticalSettings
-
-
-def vertical_classes(host: Any) -> tuple[type[VerticalHost], type[SplitLearning]]:
-    """The host adapter and strategy for a host scheduler: secure ones for secure HeteroNN."""
-    if isinstance(host, SecureHeteroNNHostScheduler):
-        return SecureVerticalHost, SecureSplitLearning
-    return VerticalHost, SplitLearning
 
 
 class SecureVerticalHost(VerticalHost):

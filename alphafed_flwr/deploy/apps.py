@@ -16,7 +16,8 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from alphafed_flwr.strategies.protocol import COLLABORATOR_TYPES, HORIZONTAL_TYPES, route
+from alphafed_flwr.families import HORIZONTAL, VERTICAL, client_app, family_of, message_types
+from alphafed_flwr.strategies.protocol import route
 
 _bundle: Path | None = None
 
@@ -64,11 +65,9 @@ def _server_main(grid: Grid, context: Context) -> None:
     data_dir = _text(config, "server-data-dir")
     logger.info("ServerApp: task %s, outputs in %s", ref, out)
     if config.get("mode") == "vertical":
-        from alphafed_flwr.adapters.secure_host import vertical_classes
         from alphafed_flwr.adapters.vertical_host import VerticalSettings, run_vertical_host
         from alphafed_flwr.api.hetero_nn import HeteroNNHostScheduler
         from alphafed_flwr.strategies.codecs import ExchangeCodecs
-        from alphafed_flwr.strategies.split_learning import SplitLearning
 
         host = TaskFileTemplate(ref, HeteroNNHostScheduler).new_instance()
         assert isinstance(host, HeteroNNHostScheduler)
@@ -84,7 +83,8 @@ def _server_main(grid: Grid, context: Context) -> None:
             batches_per_exchange=int(config.get("batches-per-exchange", 1)),
             record=config,
         )
-        host_class, strategy_class = vertical_classes(host)  # secure HeteroNN or plain
+        family = family_of(host)  # secure HeteroNN or plain
+        host_class, strategy_class = family.server_adapter(), family.strategy_class()
         strategy = strategy_class(
             num_collaborators=settings.num_collaborators,
             schedule_timeout=float(host.schedule_timeout),
@@ -94,7 +94,7 @@ def _server_main(grid: Grid, context: Context) -> None:
         )
         run_vertical_host(grid, host_class(host, settings), strategy)  # type: ignore[arg-type]
         return
-    from alphafed_flwr.adapters.horizontal_server import HorizontalServer, ServerSettings
+    from alphafed_flwr.adapters.horizontal_server import ServerSettings
     from alphafed_flwr.api.fed_avg import FedAvgScheduler
 
     template = TaskFileTemplate(ref, FedAvgScheduler)
@@ -118,7 +118,7 @@ def _server_main(grid: Grid, context: Context) -> None:
         record=config,
     )
     trainer = template.new_instance() if scheduler.involve_aggregator else None
-    HorizontalServer(scheduler, settings_h, trainer).run(grid)  # type: ignore[arg-type]
+    family_of(scheduler).server_adapter()(scheduler, settings_h, trainer).run(grid)
 
 
 def _horizontal_source(context: Context) -> Any:
@@ -177,8 +177,8 @@ def _collaborator_settings(context: Context) -> Any:
 
 #: The message types each node role serves; a node refuses every other type.
 ROLE_MESSAGE_TYPES = {
-    "horizontal": HORIZONTAL_TYPES,
-    "collaborator": COLLABORATOR_TYPES,
+    "horizontal": message_types(HORIZONTAL),
+    "collaborator": message_types(VERTICAL),
 }
 _role_apps: dict[str, ClientApp] = {}
 
@@ -191,16 +191,10 @@ def node_role(context: Context) -> str:
 def _role_app(role: str) -> ClientApp:
     """The adapters' ClientApp of one role, built once per process (imports torch)."""
     if role not in _role_apps:
-        # pylint: disable=import-outside-toplevel
-        from alphafed_flwr.adapters.horizontal_client import horizontal_client_app
-        from alphafed_flwr.adapters.secure_client import add_secure_handler
-        from alphafed_flwr.adapters.vertical_client import collaborator_client_app
-
         if role == "collaborator":
-            app = collaborator_client_app(_collaborator_source, _collaborator_settings)
-            _role_apps[role] = add_secure_handler(app, _collaborator_source, _collaborator_settings)
+            _role_apps[role] = client_app(VERTICAL, _collaborator_source, _collaborator_settings)
         else:
-            _role_apps[role] = horizontal_client_app(_horizontal_source, _horizontal_settings)
+            _role_apps[role] = client_app(HORIZONTAL, _horizontal_source, _horizontal_settings)
     return _role_apps[role]
 
 
@@ -245,5 +239,5 @@ def _run_here(message: Message, context: Context) -> Message:
 #: The bundle's ClientApp for Flower's own SuperExec (``--no-warm-executor``): light to
 #: import; the adapters (and torch) load on the first message.
 client_app = ClientApp()
-for _type in HORIZONTAL_TYPES + COLLABORATOR_TYPES:
+for _type in message_types(HORIZONTAL) + message_types(VERTICAL):
     route(client_app, _type)(_run_here)

@@ -10,13 +10,14 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from alphafed_flwr.adapters.horizontal_client import ClientSettings, horizontal_client_app
-from alphafed_flwr.adapters.horizontal_server import HorizontalServer, ServerSettings
+from alphafed_flwr.adapters.horizontal_client import ClientSettings
+from alphafed_flwr.adapters.horizontal_server import ServerSettings
 from alphafed_flwr.adapters.templates import PickledTemplate
 from alphafed_flwr.api.env import RunEnvironment, set_environment
 from alphafed_flwr.api.errors import ConfigError
 from alphafed_flwr.api.fed_avg import FedAvgScheduler, FedSGDScheduler
 from alphafed_flwr.api.log import logger
+from alphafed_flwr.families import HORIZONTAL, client_app, family_of
 from alphafed_flwr.strategies.aggregation import DEFAULT_MAX_NUM_EXAMPLES
 from alphafed_flwr.strategies.catalog import build_strategy
 from alphafed_flwr.strategies.driver import required_replies
@@ -175,14 +176,14 @@ def simulate_horizontal(scheduler: FedAvgScheduler, options: SimulationOptions) 
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
         del context
-        server = HorizontalServer(
+        server = family_of(scheduler).server_adapter()(
             template.new_instance(),  # type: ignore[arg-type]
             server_settings,
             trainer=template.new_instance() if scheduler.involve_aggregator else None,  # type: ignore[arg-type]
         )
         summary.update(server.run(grid))
 
-    client_app = horizontal_client_app(lambda _: template, lambda _: client_settings)
+    clients_app = client_app(HORIZONTAL, lambda _: template, lambda _: client_settings)
     logger.info(
         "Simulating %s with %d virtual clients (%s partition), outputs in %s",
         type(scheduler).__name__,
@@ -191,7 +192,7 @@ def simulate_horizontal(scheduler: FedAvgScheduler, options: SimulationOptions) 
         out,
     )
     run_ray_simulation(
-        server_app, client_app, options.num_clients, options.cpus_per_client or 1.0,
+        server_app, clients_app, options.num_clients, options.cpus_per_client or 1.0,
         gpus_per_client=options.gpus_per_client, ray_address=options.ray_address,
     )
     return summary

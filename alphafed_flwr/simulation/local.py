@@ -7,9 +7,9 @@ import re
 from pathlib import Path
 
 from alphafed_flwr.api.errors import AlphaFedError, ConfigError
-from alphafed_flwr.api.fed_avg import FedAvgScheduler
 from alphafed_flwr.api.log import logger
 from alphafed_flwr.api.scheduler import Scheduler
+from alphafed_flwr.families import HORIZONTAL, family_of
 
 LOCAL_CLIENTS_ENV = "ALPHAFED_LOCAL_CLIENTS"
 DEFAULT_LOCAL_CLIENTS = 3
@@ -30,7 +30,7 @@ def launch_directly(
     from .horizontal import SimulationOptions, simulate_horizontal  # local: Flower is heavy
 
     try:
-        if not isinstance(scheduler, FedAvgScheduler):
+        if family_of(scheduler).kind != HORIZONTAL:
             raise ConfigError(
                 f"{type(scheduler).__name__}.launch_task() cannot run on its own: a vertical "
                 "task needs all parties; run python -m alphafed_flwr.simulation --host "

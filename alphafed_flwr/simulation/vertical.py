@@ -10,14 +10,13 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from alphafed_flwr.adapters.secure_client import add_secure_handler
-from alphafed_flwr.adapters.secure_host import vertical_classes
 from alphafed_flwr.adapters.templates import PickledTemplate
-from alphafed_flwr.adapters.vertical_client import CollaboratorSettings, collaborator_client_app
+from alphafed_flwr.adapters.vertical_client import CollaboratorSettings
 from alphafed_flwr.adapters.vertical_host import VerticalSettings, run_vertical_host
 from alphafed_flwr.api.errors import ConfigError
 from alphafed_flwr.api.hetero_nn import HeteroNNCollaboratorScheduler, HeteroNNHostScheduler
 from alphafed_flwr.api.log import logger
+from alphafed_flwr.families import VERTICAL, client_app, family_of
 from alphafed_flwr.loader import load_object
 from alphafed_flwr.strategies.codecs import ExchangeCodecs
 
@@ -73,7 +72,8 @@ def simulate_vertical(
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
         del context
-        host_class, strategy_class = vertical_classes(host)  # secure HeteroNN or plain
+        family = family_of(host)  # secure HeteroNN or plain
+        host_class, strategy_class = family.server_adapter(), family.strategy_class()
         vertical_host = host_class(host_template.new_instance(), settings)  # type: ignore[arg-type]
         strategy = strategy_class(
             num_collaborators=len(collaborators),
@@ -84,12 +84,8 @@ def simulate_vertical(
         )
         summary.update(run_vertical_host(grid, vertical_host, strategy))
 
-    client_app = collaborator_client_app(
-        lambda context: templates[int(context.node_config["partition-id"])],
-        lambda _: client_settings,
-    )
-    add_secure_handler(
-        client_app, lambda context: templates[int(context.node_config["partition-id"])], lambda _: client_settings
+    collaborators_app = client_app(
+        VERTICAL, lambda context: templates[int(context.node_config["partition-id"])], lambda _: client_settings
     )
     logger.info(
         "Simulating a vertical task: host '%s' and %s, outputs in %s",
@@ -99,7 +95,7 @@ def simulate_vertical(
     )
     cpus = options.cpus_per_client or max(1, (os.cpu_count() or 1) // len(collaborators))
     run_ray_simulation(
-        server_app, client_app, len(collaborators), cpus,
+        server_app, collaborators_app, len(collaborators), cpus,
         gpus_per_client=options.gpus_per_client, ray_address=options.ray_address,
     )
     return summary
