@@ -6,8 +6,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+import sys
 from collections.abc import Callable
 from itertools import permutations
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -175,9 +177,6 @@ def test_expand_message_xmd_and_the_one_way_map_match_the_rfcs() -> None:
 
 
 def test_the_bindings_temporary_library_copy_is_removed() -> None:
-    import sys  # pylint: disable=import-outside-toplevel
-    from pathlib import Path  # pylint: disable=import-outside-toplevel
-
     psi_core._group()  # pylint: disable=protected-access
     assert not Path(sys.modules["rbcl._sodium"].lib_path).exists()
 
