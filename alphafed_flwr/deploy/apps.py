@@ -16,7 +16,8 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from alphafed_flwr.families import HORIZONTAL, VERTICAL, client_app, family_of, message_types
+from alphafed_flwr.families import HORIZONTAL, VERTICAL, family_of, message_types
+from alphafed_flwr.families import client_app as family_client_app
 from alphafed_flwr.strategies.protocol import route
 
 _bundle: Path | None = None
@@ -192,9 +193,9 @@ def _role_app(role: str) -> ClientApp:
     """The adapters' ClientApp of one role, built once per process (imports torch)."""
     if role not in _role_apps:
         if role == "collaborator":
-            _role_apps[role] = client_app(VERTICAL, _collaborator_source, _collaborator_settings)
+            _role_apps[role] = family_client_app(VERTICAL, _collaborator_source, _collaborator_settings)
         else:
-            _role_apps[role] = client_app(HORIZONTAL, _horizontal_source, _horizontal_settings)
+            _role_apps[role] = family_client_app(HORIZONTAL, _horizontal_source, _horizontal_settings)
     return _role_apps[role]
 
 
