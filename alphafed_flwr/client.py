@@ -42,6 +42,7 @@ from alphafed_flwr.deploy.processes import (
     python_module,
     require_flower_scripts,
 )
+from alphafed_flwr.deploy.executor import READY as EXECUTOR_READY
 from alphafed_flwr.deploy.latency import SLEEP_CAP_ENV
 from alphafed_flwr.loader import load_object
 
@@ -157,14 +158,13 @@ class ExecutorKeeper(threading.Thread):
 
     With the SuperNode in ``process`` isolation nothing else would run the node's messages,
     so an executor that dies (killed for memory, say) is started again at once. One that
-    cannot start (it fails ``QUICK_FAILURES`` times within ``QUICK`` seconds of starting;
-    its output, with the cause, is on the terminal) is given up: ``failed`` says so and
+    cannot start (it dies ``START_FAILURES`` times in a row before saying it is ready; its
+    output, with the cause, is on the terminal) is given up: ``failed`` says so and
     ``on_failure`` is called.
     """
 
     CHECK_EVERY = 0.5  # seconds
-    QUICK = 20.0  # seconds
-    QUICK_FAILURES = 3
+    START_FAILURES = 3
 
     def __init__(
         self, command: list[str], env: dict[str, str], out: Path, on_failure: Callable[[], Any]
@@ -172,14 +172,20 @@ class ExecutorKeeper(threading.Thread):
         super().__init__(daemon=True, name="executor-keeper")
         self.command, self.env, self.out, self.on_failure = command, env, out, on_failure
         self.failed: str | None = None
-        self._quick_failures = 0
+        self._start_failures = 0
+        self._ready = False
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self.executor = self._start()
 
     def _start(self) -> Managed:
-        self._started_at = time.monotonic()
-        return Managed("executor", self.command, self.env, self.out, on_line=print_line)
+        self._ready = False
+        return Managed("executor", self.command, self.env, self.out, on_line=self._line)
+
+    def _line(self, line: str) -> None:
+        print_line(line)
+        if EXECUTOR_READY in line:
+            self._ready = True
 
     def run(self) -> None:
         while not self._stopping.wait(self.CHECK_EVERY):
@@ -187,11 +193,10 @@ class ExecutorKeeper(threading.Thread):
                 code = self.executor.process.poll()
                 if code is None or self._stopping.is_set():
                     continue
-                quick = time.monotonic() - self._started_at < self.QUICK
-                self._quick_failures = self._quick_failures + 1 if quick else 0
-                if self._quick_failures >= self.QUICK_FAILURES:
+                self._start_failures = 0 if self._ready else self._start_failures + 1
+                if self._start_failures >= self.START_FAILURES:
                     self.failed = (
-                        f"the warm executor failed {self._quick_failures} times right after starting "
+                        f"the warm executor failed {self._start_failures} times while starting "
                         f"(exit {code}; its output above says why)"
                     )
                     self.on_failure()

@@ -109,5 +109,16 @@ def summary(out: Path) -> dict[str, Any]:
         return {}
 
 
+def checkpoint_round(out: Path) -> int:
+    """The round of the server's checkpoint (0 while there is none)."""
+    from alphafed_flwr.adapters.outputs import Checkpoint  # pylint: disable=import-outside-toplevel
+
+    try:
+        loaded = Checkpoint(out / "checkpoint").load()
+    except (OSError, ValueError, KeyError):
+        return 0
+    return int(loaded[1].get("round", 0)) if loaded else 0
+
+
 def rounds_done(out: Path) -> int:
     return len(summary(out).get("rounds", []))

@@ -25,6 +25,7 @@ from flwr.app import Message
 
 from alphafed_flwr.api.log import logger
 
+READY = "Warm executor ready"  # the client command's ExecutorKeeper waits for this line
 ERROR_PAUSE = 1.0  # seconds between retries while the SuperNode is unreachable (e.g. restarting)
 
 
@@ -143,7 +144,7 @@ def serve(address: str, poll_interval: float) -> None:
     warm_up()
     client = _client(address, "SuperExec")
     request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
-    logger.info("Warm executor ready: ClientApp tasks of the SuperNode at %s run in this process", address)
+    logger.info("%s: ClientApp tasks of the SuperNode at %s run in this process", READY, address)
     unreachable = False
     current: Task | None = None
     while True:
