@@ -17,10 +17,10 @@ from flwr.serverapp import Grid
 
 from alphafed_flwr import compat
 from alphafed_flwr.api.env import RunEnvironment, set_environment
-from alphafed_flwr.api.errors import ConfigError, TaskFailed
+from alphafed_flwr.api.errors import ConfigError
 from alphafed_flwr.api.fed_avg import FedAvgScheduler, FedSGDScheduler
 from alphafed_flwr.api.log import logger
-from alphafed_flwr.api.metrics import append_csv_row, csv_file, truncate_csv_after_round
+from alphafed_flwr.api.metrics import append_csv_row, csv_file
 from alphafed_flwr.api.scheduler import TaskComplete, call_user
 from alphafed_flwr.strategies import (
     DriverConfig,
@@ -28,12 +28,12 @@ from alphafed_flwr.strategies import (
     RoundDriver,
     RoundOutcome,
     StrategyConfigError,
-    StrategyError,
 )
 from alphafed_flwr.strategies.aggregation import DEFAULT_MAX_NUM_EXAMPLES
 from alphafed_flwr.strategies.catalog import build_strategy
 from alphafed_flwr.strategies.protocol import ARRAYS, METRICS, NUM_EXAMPLES, PARTY
 
+from .lifecycle import failures_recorded, finish_summary, resumed_summary
 from .outputs import Checkpoint, RunSummary, save_state_dict
 from .private import PrivacyReport, private_strategy
 from .records import arrays_to_numpy, arrays_to_state, numpy_to_arrays, state_to_arrays
@@ -194,10 +194,7 @@ class HorizontalServer:
             arrays, meta = loaded
             done = int(meta["round"])
             arrays = self._restore_strategy_state(arrays, meta)
-            self.summary = RunSummary(self.out, config, meta.get("summary"))
-            self.summary.data["resumed_from_round"] = done
-            for csv in (self.out / "metrics").rglob("*.csv"):
-                truncate_csv_after_round(csv, done)
+            self.summary = resumed_summary(self.out, config, meta, done)
             logger.info("Resuming from the checkpoint of round %d in %s", done, self.checkpoint.path)
             record = numpy_to_arrays(arrays)
             call_user(self.scheduler, "load_state_dict", arrays_to_state(record))
@@ -340,8 +337,8 @@ class HorizontalServer:
                         self.checkpoint.path.parent, first_round - 1, self.max_rounds)
             self._finish(initial, "completed")
             return self.summary.data
-        start = time.monotonic()
-        try:
+        start, summary = time.monotonic(), self.summary
+        with failures_recorded(lambda reason: finish_summary(summary, "failed", time.monotonic() - start, reason)):
             result = self.driver.run(
                 grid,
                 initial,
@@ -350,12 +347,6 @@ class HorizontalServer:
                 train_config=ConfigRecord({"seed": self.settings.seed or 0}),
                 hooks=self,
             )
-        except StrategyError as exc:
-            self.summary.finish("failed", error=str(exc))
-            raise TaskFailed(str(exc)) from exc
-        except BaseException as exc:
-            self.summary.finish("failed", error=f"{type(exc).__name__}: {exc}")
-            raise
         if self.driver.stop_reason:
             self.summary.data["stopped"] = self.driver.stop_reason
         self._finish(result.arrays, "completed", seconds=time.monotonic() - start)
@@ -364,12 +355,10 @@ class HorizontalServer:
     def _finish(self, arrays: ArrayRecord, status: str, seconds: float = 0.0) -> None:
         assert self.summary is not None
         save_state_dict(self.out / "model.pt", arrays_to_state(arrays))
-        rounds = self.summary.data["rounds"]
-        self.summary.finish(
+        finish_summary(
+            self.summary,
             status,
-            rounds_completed=rounds[-1]["round"] if rounds else 0,
-            final_test=next((r["test"] for r in reversed(rounds) if r.get("test")), {}),
-            run_seconds=round(seconds, 3),
+            seconds,
             outputs={
                 "model": str(self.out / "model.pt"),
                 "metrics": str(self.out / "metrics"),

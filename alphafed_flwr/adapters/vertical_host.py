@@ -22,15 +22,14 @@ from alphafed_flwr.api.env import RunEnvironment, set_environment
 from alphafed_flwr.api.errors import ConfigError, TaskFailed
 from alphafed_flwr.api.hetero_nn import HeteroNNHostScheduler
 from alphafed_flwr.api.log import logger
-from alphafed_flwr.api.metrics import truncate_csv_after_round
 from alphafed_flwr.api.scheduler import TaskComplete, call_user, guarded
 from alphafed_flwr.label_protection import GradientGuard, LabelProtection
 from alphafed_flwr.psi import PsiError, PsiParty, canonical_ids, run_psi
-from alphafed_flwr.strategies.errors import StrategyError
 from alphafed_flwr.strategies.split_learning import HostBatch, PayloadExchange, SplitLearning
 
 from .feature_replay import batch_seed, ids_digest
 from .horizontal_server import is_test_round
+from .lifecycle import failures_recorded, finish_summary, resumed_summary
 from .outputs import RunSummary, save_state_dict
 from .vertical_common import (
     RoundCheckpoints,
@@ -329,10 +328,7 @@ class VerticalHost:
         load_module_arrays("infer", sched.infer_model, arrays)
         load_optimizer_arrays("feature-opt", sched.feature_optimizer, arrays, meta)
         load_optimizer_arrays("infer-opt", sched.infer_optimizer, arrays, meta)
-        self.summary = RunSummary(self.out, self.summary.data["config"], meta.get("summary"))
-        self.summary.data["resumed_from_round"] = last
-        for csv in (self.out / "metrics").rglob("*.csv"):
-            truncate_csv_after_round(csv, last)
+        self.summary = resumed_summary(self.out, self.summary.data["config"], meta, last)
         self._restore_round = last
         logger.info("Resuming after round %d (every party has its checkpoint)", last)
         return last + 1
@@ -351,15 +347,7 @@ class VerticalHost:
         if status == "completed":
             save_state_dict(self.out / "host" / "feature_model.pt", sched.feature_model.state_dict())
             save_state_dict(self.out / "host" / "infer_model.pt", sched.infer_model.state_dict())
-        rounds = self.summary.data["rounds"]
-        extra: dict[str, Any] = {
-            "rounds_completed": rounds[-1]["round"] if rounds else 0,
-            "final_test": next((r["test"] for r in reversed(rounds) if r.get("test")), {}),
-            "run_seconds": round(seconds, 3),
-        }
-        if error:
-            extra["error"] = error
-        self.summary.finish(status, **extra)
+        finish_summary(self.summary, status, seconds, error)
         sched.close_outputs()
         return self.summary.data
 
@@ -387,14 +375,8 @@ def run_vertical_host(grid: Any, host: VerticalHost, strategy: SplitLearning) ->
     """Run the split-learning strategy with ``host``; return the summary (raise on failure)."""
     set_environment(host.env)
     start = time.monotonic()
-    try:
+    with failures_recorded(lambda reason: host.finish("failed", reason, time.monotonic() - start)):
         strategy.start(grid, host, host.max_rounds)
-    except StrategyError as exc:
-        host.finish("failed", str(exc))
-        raise TaskFailed(str(exc)) from exc
-    except BaseException as exc:
-        host.finish("failed", f"{type(exc).__name__}: {exc}")
-        raise
     summary = host.finish("completed", seconds=time.monotonic() - start)
     logger.info("Outputs written to %s (host/, collaborators/, metrics/, tensorboard/, summary.json)", host.out)
     return summary
