@@ -89,11 +89,13 @@ def deploy(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 
     address = f"127.0.0.1:{free_port()}"
     data = ["--data-dir", args.data_dir] if args.data_dir else []
-    client = subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "alphafed_flwr.client", "--server", address, "--insecure",
-         "--collaborator", SECURE[1], "--out", str(out / "collaborator"), *data],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out.with_suffix(".collaborator.log"), "w", encoding="utf-8") as log:
+        client = subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", "alphafed_flwr.client", "--server", address, "--insecure",
+             "--collaborator", SECURE[1], "--out", str(out / "collaborator"), *data],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
     try:
         run_command(["-m", "alphafed_flwr.server", "--host", SECURE[0], "--collaborators", "1",
                      "--rounds", str(args.deploy_rounds), "--address", address, "--out", str(out),
@@ -127,11 +129,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--data-dir", default=default_data_dir())
     parser.add_argument("--deployment", action="store_true")
+    parser.add_argument("--deployment-only", action="store_true", help="skip the step costs and simulations")
     parser.add_argument("--deploy-rounds", type=int, default=2)
     parser.add_argument("--out", default="runs/bench/secure_vertical")
     args = parser.parse_args()
     out = (ROOT / args.out).resolve()
     print(f"data: {args.data_dir or 'offline MNIST subset'}; {args.rounds} rounds, batch 128, 20 -> 20 projections", flush=True)
+    if args.deployment_only:
+        f = figures(deploy(args, out / "deploy"))
+        print(f"deployment secure: epoch {f['epoch']:.1f}s, {f['exchanges']:.0f} exchanges, accuracy {f['accuracy']:.4f}")
+        return
     print("per-batch cost by step (B=128, n=m=20, N=8192, median of", args.repeats, "):")
     costs = step_costs(args.repeats)
     for name, (seconds, size) in costs.items():
