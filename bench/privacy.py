@@ -88,11 +88,15 @@ class LocalGrid(Grid):
         return self.pull_messages(self.push_messages(messages))
 
 
-def run(scheduler: FedAvgScheduler, nodes: int, data_dir: str | None, rounds: int) -> tuple[dict, LocalGrid]:
-    """One run; returns summary.json's content and the grid (bytes)."""
+def run(scheduler: FedAvgScheduler, nodes: int, data_dir: str | None, rounds: int,
+        samples: int | None = None) -> tuple[dict, LocalGrid]:
+    """One run (IID partitions, or ``samples`` images per client); returns summary.json's
+    content and the grid (bytes)."""
     out = Path(tempfile.mkdtemp(prefix="bench-privacy-"))
     template = PickledTemplate(scheduler)
-    settings = ClientSettings(out_dir=str(out), data_dir=data_dir, partition="iid", seed=0)
+    partition = "iid" if samples is None else "sample"
+    settings = ClientSettings(out_dir=str(out), data_dir=data_dir, partition=partition, seed=0,
+                              samples=samples or 0)
     grid = LocalGrid(horizontal_client_app(lambda _: template, lambda _: settings), nodes)
     server = HorizontalServer(template.new_instance(), ServerSettings(
         out_dir=out, rounds=rounds, data_dir=None if data_dir is None else Path(data_dir), seed=0,
@@ -115,16 +119,20 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--z", type=float, nargs="+", default=[0.01, 0.03, 0.1])
     parser.add_argument("--secure-rounds", type=int, default=3)
+    parser.add_argument("--samples", type=int, default=None,
+                        help="images per client in part 1 (default: an IID share of the training set)")
     args = parser.parse_args()
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
 
-    print(f"Part 1: DP-FedAvg, {args.clients} clients, {args.rounds} rounds, S=1, delta=1e-5")
+    share = "an IID share" if args.samples is None else f"{args.samples} images"
+    print(f"Part 1: DP-FedAvg, {args.clients} clients ({share} each), {args.rounds} rounds, S=1, delta=1e-5")
     rows = []
-    baseline = task("simulations/mnist/fedavg.py", min_clients=args.clients)
-    summary, _ = run(baseline, args.clients, args.data_dir, args.rounds)  # unweighted is equal here (IID)
+    baseline = task("simulations/mnist/fedavg.py", min_clients=args.clients, log_rounds=0)
+    summary, _ = run(baseline, args.clients, args.data_dir, args.rounds, args.samples)  # unweighted is equal here (IID)
     rows.append(("none (FedAvg)", float("inf"), summary["final_test"]["accuracy"]))
     for z in args.z:
-        summary, _ = run(task("simulations/mnist/dp_fedavg.py", z=z), args.clients, args.data_dir, args.rounds)
+        summary, _ = run(task("simulations/mnist/dp_fedavg.py", z=z, log_rounds=0), args.clients, args.data_dir,
+                         args.rounds, args.samples)
         rows.append((f"z={z:g}", summary["privacy"]["epsilon"], summary["final_test"]["accuracy"]))
     print(f"  {'noise':>14} {'epsilon':>12} {'accuracy':>9}")
     for name, eps, acc in rows:
@@ -134,7 +142,7 @@ def main() -> None:
     figures = {}
     for name, path in (("plain", "simulations/mnist/fedavg.py"), ("secagg", "simulations/mnist/secure_fedavg.py")):
         start = time.monotonic()
-        summary, grid = run(task(path), 3, args.data_dir, args.secure_rounds)
+        summary, grid = run(task(path, log_rounds=0), 3, args.data_dir, args.secure_rounds)
         seconds = [r["seconds"] for r in summary["rounds"]][1:] or [time.monotonic() - start]
         figures[name] = (sum(seconds) / len(seconds), grid.bytes / args.secure_rounds,
                          summary["final_test"]["accuracy"])
