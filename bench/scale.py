@@ -166,6 +166,8 @@ def against_cluster(args: argparse.Namespace, out: Path) -> None:
         _, single_wall, single_mem, _ = run(ours_command(size, args.rounds, args.data_dir, out / f"single-{size}"),
                                             out / f"single-{size}.log")
         single = round_seconds(out / f"single-{size}")
+        print(f"{size:>7,d} clients, single node: {single:.2f}s per round, peak memory {single_mem:.2f} GB "
+              f"(wall {single_wall:.0f}s)", flush=True)
         cluster = two_node_cluster(Cluster)
         try:
             parts = {"head": node_pids(cluster.head_node), "node2": node_pids(next(iter(cluster.worker_nodes)))}
