@@ -61,9 +61,16 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench_strategies"))
     args = parser.parse_args()
     names = ["fedavg"] + [n for n in args.strategies.split(",") if n and n != "fedavg"]
-    results = {}
+    results, failed = {}, {}
     for name in names:
-        results[name] = run(name, args, Path(args.out) / name)
+        try:
+            results[name] = run(name, args, Path(args.out) / name)
+        except RuntimeError as exc:  # e.g. Ray failing to start on an overloaded machine
+            if name == "fedavg":
+                raise
+            failed[name] = str(exc)
+            print(f"{name}: FAILED: {exc}", flush=True)
+            continue
         print(f"{name}: {json.dumps(results[name])}", flush=True)
     base = results["fedavg"]
     print(f"\n{args.num_clients} clients, Dirichlet alpha={args.alpha}, {args.rounds} rounds, "
@@ -72,6 +79,8 @@ def main() -> None:
     for name, res in results.items():
         print(f"{name:<14} {res['accuracy']:>9.2%} {100 * (res['accuracy'] - base['accuracy']):>+9.2f}pp "
               f"{res['wall']:>8.1f} {res['wall'] / base['wall']:>12.2f}")
+    for name, reason in failed.items():
+        print(f"{name:<14} failed: {reason}")
     line = "; ".join(f"{n} {r['accuracy']:.2%} ({r['wall'] / base['wall']:.2f}x)" for n, r in results.items())
     print(f"README: strategies, {args.num_clients} clients, Dirichlet {args.alpha}, {args.rounds} rounds: {line}")
 
