@@ -2,6 +2,7 @@
 trained centrally on the same columns, side by side in one run.
 
     python bench/vertical_parties.py [--rounds 10] [--mnist-rounds 5] [--mnist-k 1] [--data-dir ../shared/data]
+    python bench/vertical_parties.py --speed [--poll 0.002] [--speed-rounds 3]
 
 1. Breast cancer (scikit-learn's table, FATE's hetero benchmark): the host holds the labels
    and 5 columns, collaborators A and B 15 and 10; each holds a different 90% of the
@@ -12,6 +13,11 @@ trained centrally on the same columns, side by side in one run.
 2. MNIST in three column strips (``simulations/mnist/vertical3_*.py``): the simulation at
    K = ``--mnist-k`` against the same three-strip model trained in one process on the same
    batches from the same initial weights.
+
+3. ``--speed`` (alone): the two-party MNIST halves job at K=1 (``bench/vertical_mnist.py``'s
+   task and centralized baseline) with Flower's simulation engine polling every 0.1 s, then
+   every ``--poll`` s through ``alphafed_flwr.compat.set_simulation_poll``: same accuracy,
+   shorter epochs.
 
 Epoch times: medians over the simulation's rounds without a test; centralized: the mean
 over its epochs.
@@ -41,10 +47,17 @@ MNIST = ["--host", "simulations/mnist/vertical3_host.py",
          "--collaborator", "simulations/mnist/vertical3_middle.py",
          "--collaborator", "simulations/mnist/vertical3_right.py"]
 
+#: The simulation command with Flower's engine poll shortened through ``compat.set_simulation_poll``.
+POLLED = ("from alphafed_flwr.compat import set_simulation_poll; set_simulation_poll({poll}); "
+          "from alphafed_flwr.cli import exit_with; from alphafed_flwr.simulation.__main__ import main; "
+          "exit_with(main)")
 
-def simulate(parties: list[str], rounds: int, k: int, out: Path, data_dir: str | None = None) -> dict[str, Any]:
-    """Run the simulation command; return its summary."""
-    cmd = ["-m", "alphafed_flwr.simulation", *parties, "--rounds", str(rounds), "--batches-per-exchange",
+
+def simulate(parties: list[str], rounds: int, k: int, out: Path, data_dir: str | None = None,
+             poll: float | None = None) -> dict[str, Any]:
+    """Run the simulation command (with the engine polling every ``poll`` s if given); return its summary."""
+    start = ["-m", "alphafed_flwr.simulation"] if poll is None else ["-c", POLLED.format(poll=poll)]
+    cmd = [*start, *parties, "--rounds", str(rounds), "--batches-per-exchange",
            str(k), "--seed", "0", "--fresh", "--out", str(out)]
     if data_dir:
         cmd += ["--data-dir", data_dir]
@@ -138,16 +151,43 @@ def mnist(args: argparse.Namespace, out: Path) -> tuple[str, str]:
             f"{100 * central_acc:.2f}%"), f"{epoch / central_epoch:.1f}x"
 
 
+def k1_speed(args: argparse.Namespace, out: Path) -> str:
+    """The two-party MNIST job at K=1 with Flower's 0.1 s engine poll and with ``--poll``."""
+    from vertical_mnist import COLLABORATOR, HOST, centralized  # pylint: disable=import-outside-toplevel
+
+    print(f"K=1 speed, two-party MNIST halves, {args.speed_rounds} rounds: Flower's engine poll (0.1 s) "
+          f"vs set_simulation_poll({args.poll})", flush=True)
+    central_epoch, central_acc = centralized(args.speed_rounds, args.data_dir)
+    print(f"  centralized                    : accuracy {central_acc:.4f}, epoch {central_epoch:.2f}s", flush=True)
+    line = f"K=1 MNIST halves {args.speed_rounds} rounds, centralized {central_epoch:.2f}s/epoch"
+    for poll in (None, args.poll):
+        summary = simulate(["--host", HOST, "--collaborator", COLLABORATOR], args.speed_rounds, 1,
+                           out / f"speed-poll-{poll or 'flower'}", args.data_dir, poll=poll)
+        acc, epoch = summary["final_test"]["accuracy"], epoch_seconds(summary)
+        name = "Flower's 0.1 s" if poll is None else f"{poll} s"
+        print(f"  simulation K=1, poll {name:<9}: accuracy {acc:.4f}, epoch {epoch:.2f}s = "
+              f"{epoch / central_epoch:.2f}x centralized", flush=True)
+        line += f"; poll {name}: {100 * acc:.2f}%, {epoch:.2f}s/epoch = {epoch / central_epoch:.2f}x"
+    return line
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=10, help="breast-cancer rounds")
     parser.add_argument("--mnist-rounds", type=int, default=5)
     parser.add_argument("--mnist-k", type=int, default=1, help="batches per exchange of the MNIST run")
     parser.add_argument("--skip-mnist", action="store_true")
+    parser.add_argument("--speed", action="store_true",
+                        help="only the K=1 speed check: two-party MNIST with Flower's engine poll and with --poll")
+    parser.add_argument("--poll", type=float, default=0.002, help="engine poll of the --speed check (s)")
+    parser.add_argument("--speed-rounds", type=int, default=3)
     parser.add_argument("--data-dir", default=default_data_dir())
     parser.add_argument("--out", default="runs/bench/parties")
     args = parser.parse_args()
     out = (ROOT / args.out).resolve()
+    if args.speed:
+        print(f"README: {k1_speed(args, out)}")
+        return
     line, tab_epoch = tabular(args, out)
     line += f" ({tab_epoch})"
     if not args.skip_mnist:
