@@ -98,9 +98,10 @@ def run(scheduler: FedAvgScheduler, nodes: int, data_dir: str | None, rounds: in
     settings = ClientSettings(out_dir=str(out), data_dir=data_dir, partition=partition, seed=0,
                               samples=samples or 0)
     grid = LocalGrid(horizontal_client_app(lambda _: template, lambda _: settings), nodes)
+    trainer = template.new_instance() if scheduler.involve_aggregator else None
     server = HorizontalServer(template.new_instance(), ServerSettings(
         out_dir=out, rounds=rounds, data_dir=None if data_dir is None else Path(data_dir), seed=0,
-        client_eval="off"))
+        client_eval="off"), trainer=trainer)  # type: ignore[arg-type]
     return server.run(grid), grid
 
 
