@@ -48,6 +48,10 @@ class Family:
     strategy : str
         Default strategy: a ``--strategy`` catalog name (``strategies.catalog``) or
         ``"module:Class"`` for a strategy of the family's own.
+    setup : str
+        Horizontal families: ``"module:function"`` that builds the server's strategy, called
+        as ``f(scheduler, ServerSettings, DriverConfig) -> StrategySetup``
+        (``adapters.private``); vertical hosts build ``strategy`` themselves (``""``).
     """
 
     name: str
@@ -57,6 +61,7 @@ class Family:
     message_types: tuple[str, ...]
     server: str
     strategy: str
+    setup: str = ""
 
     def server_adapter(self) -> type:
         """The server-side adapter class (imported now)."""
@@ -72,22 +77,25 @@ class Family:
 
 
 _HORIZONTAL_CLIENT = "alphafed_flwr.adapters.horizontal_client:horizontal_client_app"
-_HORIZONTAL_SERVER = "alphafed_flwr.adapters.horizontal_server:HorizontalServer"
+_SERVER_MODULE = "alphafed_flwr.adapters.horizontal_server"
+_HORIZONTAL_SERVER = f"{_SERVER_MODULE}:HorizontalServer"
 
 #: Every family, general ones before the ones that extend them (client handlers register
 #: in this order).
 FAMILIES: tuple[Family, ...] = (
     Family("fedavg", HORIZONTAL, ("alphafed_flwr.api.fed_avg:FedAvgScheduler", "alphafed_flwr.api.fed_prox:FedProxScheduler"),
-           _HORIZONTAL_CLIENT, (TRAIN, EVALUATE, FULL_BATCH), _HORIZONTAL_SERVER, "fedavg"),
+           _HORIZONTAL_CLIENT, (TRAIN, EVALUATE, FULL_BATCH), _HORIZONTAL_SERVER, "fedavg",
+           setup=f"{_SERVER_MODULE}:catalog_setup"),
     # FedSGD: every node, each checked for a full-batch loader (strategies.fedsgd.FullBatchCheck)
     Family("fedsgd", HORIZONTAL, ("alphafed_flwr.api.fed_avg:FedSGDScheduler",),
-           _HORIZONTAL_CLIENT, (TRAIN, EVALUATE, FULL_BATCH), _HORIZONTAL_SERVER, "fedavg"),
+           _HORIZONTAL_CLIENT, (TRAIN, EVALUATE, FULL_BATCH), _HORIZONTAL_SERVER, "fedavg",
+           setup=f"{_SERVER_MODULE}:fedsgd_setup"),
     Family("dp-fedavg", HORIZONTAL, ("alphafed_flwr.api.dp_fed_avg:DPFedAvgScheduler",),
            _HORIZONTAL_CLIENT, (TRAIN, EVALUATE, FULL_BATCH), _HORIZONTAL_SERVER,
-           "alphafed_flwr.strategies.privacy:PrivateFedAvg"),
+           "alphafed_flwr.strategies.privacy:PrivateFedAvg", setup="alphafed_flwr.adapters.private:dp_setup"),
     Family("secure-fedavg", HORIZONTAL, ("alphafed_flwr.api.secure_fed_avg:SecureFedAvgScheduler",),
            _HORIZONTAL_CLIENT, (TRAIN, EVALUATE, FULL_BATCH), _HORIZONTAL_SERVER,
-           "alphafed_flwr.strategies.secagg:SecAggPlusFedAvg"),
+           "alphafed_flwr.strategies.secagg:SecAggPlusFedAvg", setup="alphafed_flwr.adapters.private:secagg_setup"),
     Family("hetero-nn", VERTICAL,
            ("alphafed_flwr.api.hetero_nn:HeteroNNHostScheduler", "alphafed_flwr.api.hetero_nn:HeteroNNCollaboratorScheduler"),
            "alphafed_flwr.adapters.vertical_client:collaborator_client_app", (HELLO, PSI, EXCHANGE),

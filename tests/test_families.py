@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
 from flwr.app import Context, Message, RecordDict
 from privacy_tasks import TinyDP, TinySecure
@@ -9,11 +12,12 @@ from secure_tasks import SecureCollaborator, SecureHost
 from vertical_tasks import Collaborator, Host
 
 from alphafed_flwr import families
+from alphafed_flwr.adapters.horizontal_server import ServerSettings
 from alphafed_flwr.api.errors import ConfigError
 from alphafed_flwr.api.fed_avg import FedAvgScheduler, FedSGDScheduler
 from alphafed_flwr.api.fed_prox import FedProxScheduler
 from alphafed_flwr.api.scheduler import Scheduler
-from alphafed_flwr.strategies import protocol
+from alphafed_flwr.strategies import DriverConfig, FullBatchCheck, protocol
 
 
 @pytest.mark.parametrize(
@@ -66,3 +70,59 @@ def test_a_kinds_client_app_serves_every_type_of_its_families_and_no_other(kind:
         else:
             with pytest.raises(ValueError):
                 app(message, context)
+
+
+class _Task:
+    """The methods a FedAvg-style task must have (never called here)."""
+
+    def build_model(self) -> None: ...
+    def build_optimizer(self, model: object) -> None: ...
+    def build_train_dataloader(self) -> None: ...
+    def build_test_dataloader(self) -> None: ...
+    def train_an_epoch(self) -> None: ...
+    def test(self) -> None: ...
+
+
+class Avg(_Task, FedAvgScheduler):
+    pass
+
+
+class Prox(_Task, FedProxScheduler):
+    pass
+
+
+class Sgd(_Task, FedSGDScheduler):
+    pass
+
+
+def _setup(scheduler: object, **settings: object):  # noqa: ANN202
+    family = families.family_of(scheduler)
+    config = DriverConfig(min_clients=1, max_clients=5)
+    return families.load(family.setup)(scheduler, ServerSettings(Path("unused"), **settings), config)
+
+
+def test_each_horizontal_family_sets_up_its_own_strategy() -> None:
+    assert all(f.setup for f in families.families(families.HORIZONTAL))
+    plain = _setup(Prox(), strategy="fedadam")
+    assert type(plain.strategy).__name__ == "FedAdam" and plain.admit is None and plain.config.max_clients == 5
+    sgd = _setup(Sgd())
+    assert isinstance(sgd.admit, FullBatchCheck) and sgd.config.max_clients is None
+    dp = _setup(TinyDP(w_cap=10, q=0.5, S=1.0, z=1.0))
+    assert type(dp.strategy) is families.family_of(TinyDP).strategy_class()
+    assert dp.config.fraction == 0.5 and dp.config.weighted is False
+    secure = _setup(TinySecure(t=2))
+    assert type(secure.strategy) is families.family_of(TinySecure).strategy_class()
+
+
+@pytest.mark.parametrize(
+    ("make", "settings", "message"),
+    [
+        (Avg, {"target_epsilon": 1.0}, "--target-epsilon applies to DPFedAvgScheduler"),
+        (lambda: TinySecure(t=2), {"target_epsilon": 1.0}, "--target-epsilon applies to DPFedAvgScheduler"),
+        (lambda: TinySecure(t=2), {"strategy": "krum"}, "its own protocol .*SecAgg.*drop --strategy"),
+        (lambda: TinyDP(w_cap=10, q=0.5, S=1.0, z=1.0), {"strategy": "fedadam"}, "its own protocol .*central DP"),
+    ],
+)
+def test_a_setup_refuses_what_its_family_cannot_do(make: Callable[[], object], settings: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _setup(make(), **settings)

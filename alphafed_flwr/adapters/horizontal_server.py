@@ -7,7 +7,7 @@ the scheduler.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +18,11 @@ from flwr.serverapp import Grid
 from alphafed_flwr import compat
 from alphafed_flwr.api.env import RunEnvironment, set_environment
 from alphafed_flwr.api.errors import ConfigError
-from alphafed_flwr.api.fed_avg import FedAvgScheduler, FedSGDScheduler
+from alphafed_flwr.api.fed_avg import FedAvgScheduler
 from alphafed_flwr.api.log import logger
 from alphafed_flwr.api.metrics import append_csv_row, csv_file
 from alphafed_flwr.api.scheduler import TaskComplete, call_user
+from alphafed_flwr.families import family_of, load
 from alphafed_flwr.strategies import (
     DriverConfig,
     FullBatchCheck,
@@ -35,7 +36,7 @@ from alphafed_flwr.strategies.protocol import ARRAYS, METRICS, NUM_EXAMPLES, PAR
 
 from .lifecycle import failures_recorded, finish_summary, resumed_summary
 from .outputs import Checkpoint, RunSummary, save_state_dict
-from .private import PrivacyReport, private_strategy
+from .private import PrivacyReport, StrategySetup, refuse_target_epsilon
 from .records import arrays_to_numpy, arrays_to_state, numpy_to_arrays, state_to_arrays
 
 
@@ -153,17 +154,17 @@ class HorizontalServer:
 
     # ----- set-up ----------------------------------------------------------------------
     def build_driver(self) -> RoundDriver:
-        """The settings' strategy under a driver with the scheduler's round semantics.
+        """The strategy of the scheduler's family under a driver with its round semantics.
 
-        A FedSGD scheduler uses every available node, each checked for a full-batch loader
-        before its first round (``FullBatchCheck``), whichever strategy aggregates.
+        The family's ``setup`` (``alphafed_flwr.families``) chooses the strategy: the
+        ``--strategy`` catalog's (FedAvg, FedProx, and FedSGD on every node checked for a
+        full-batch loader), central DP, or SecAgg+.
         """
         sched, settings = self.scheduler, self.settings
-        fedsgd = isinstance(sched, FedSGDScheduler)
         try:
             config = DriverConfig(
                 min_clients=sched.min_clients,
-                max_clients=None if fedsgd else sched.max_clients,
+                max_clients=sched.max_clients,
                 schedule_timeout=float(sched.schedule_timeout),
                 calculation_timeout=float(sched.calculation_timeout),
                 weighted=settings.weighted,
@@ -171,13 +172,8 @@ class HorizontalServer:
                 max_round_retries=settings.max_round_retries,
                 seed=settings.seed,
             )
-            admit = FullBatchCheck(float(sched.schedule_timeout)) if fedsgd else None
-            private = private_strategy(sched, settings.strategy, config, settings.target_epsilon)
-            if private is not None:  # DPFedAvgScheduler, SecureFedAvgScheduler
-                return RoundDriver(private.strategy, private.config, admit_nodes=private.admit)
-            strategy = build_strategy(settings.strategy, settings.strategy_args)
-            warn_if_mu_unused(sched, settings.strategy)
-            return RoundDriver(strategy, config, admit_nodes=admit)
+            setup = load(family_of(sched).setup)(sched, settings, config)
+            return RoundDriver(setup.strategy, setup.config, admit_nodes=setup.admit)
         except StrategyConfigError as exc:
             raise ConfigError(str(exc)) from exc
 
@@ -368,6 +364,31 @@ class HorizontalServer:
         )
         self.scheduler.close_outputs()
         logger.info("Outputs written to %s (summary.json, model.pt, metrics/, tensorboard/)", self.out)
+
+
+def catalog_setup(scheduler: FedAvgScheduler, settings: ServerSettings, config: DriverConfig) -> StrategySetup:
+    """FedAvg/FedProx: the ``--strategy`` catalog's strategy (``fedavg`` by default).
+
+    Parameters
+    ----------
+    scheduler : FedAvgScheduler
+        The task.
+    settings : ServerSettings
+        The run's settings (``strategy``, ``strategy_args``, ``target_epsilon``).
+    config : DriverConfig
+        The driver settings from the scheduler.
+    """
+    refuse_target_epsilon(settings.target_epsilon)
+    strategy = build_strategy(settings.strategy, settings.strategy_args)
+    warn_if_mu_unused(scheduler, settings.strategy)
+    return StrategySetup(strategy, config)
+
+
+def fedsgd_setup(scheduler: FedAvgScheduler, settings: ServerSettings, config: DriverConfig) -> StrategySetup:
+    """FedSGD: the catalog's strategy on every available node, each checked for a full-batch
+    loader before its first round (``FullBatchCheck``); parameters as for :func:`catalog_setup`."""
+    setup = catalog_setup(scheduler, settings, config)
+    return StrategySetup(setup.strategy, replace(config, max_clients=None), FullBatchCheck(float(scheduler.schedule_timeout)))
 
 
 def warn_if_mu_unused(scheduler: FedAvgScheduler, strategy: str) -> None:

@@ -1,8 +1,8 @@
 """Server side of DPFedAvgScheduler and SecureFedAvgScheduler: their strategies and the
 per-round privacy report.
 
-``HorizontalServer`` asks ``private_strategy`` for the strategy of a private scheduler
-(``None`` for the others) and calls ``PrivacyReport`` after every round.
+Their families (``alphafed_flwr.families``) name ``dp_setup`` and ``secagg_setup`` as the
+strategy setup that ``HorizontalServer`` calls; it calls ``PrivacyReport`` after every round.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from alphafed_flwr.api.errors import ConfigError
 from alphafed_flwr.api.fed_avg import FedAvgScheduler
 from alphafed_flwr.api.metrics import append_csv_row, csv_file
 from alphafed_flwr.api.secure_fed_avg import SecureFedAvgScheduler
-from alphafed_flwr.strategies import DriverConfig, StrategyConfigError
+from alphafed_flwr.strategies import DriverConfig
 from alphafed_flwr.strategies.privacy import DELTA_KEY, EPSILON_KEY, DPSettings, PrivateFedAvg
 from alphafed_flwr.strategies.secagg import SecAggPlusFedAvg, SecAggSettings
 
@@ -25,47 +25,56 @@ PRIVACY_METRICS = "privacy"
 
 
 @dataclass(frozen=True)
-class PrivateSetup:
-    """A private scheduler's strategy, the driver settings it needs, its node admission."""
+class StrategySetup:
+    """A scheduler family's strategy, the driver settings it needs, its node admission."""
 
     strategy: Any
     config: DriverConfig
     admit: Any = None
 
 
-def private_strategy(
-    scheduler: FedAvgScheduler, strategy_name: str, config: DriverConfig, target_epsilon: float | None
-) -> PrivateSetup | None:
-    """The strategy of a DP or secure scheduler (``None`` for any other scheduler).
+def dp_setup(scheduler: DPFedAvgScheduler, settings: Any, config: DriverConfig) -> StrategySetup:
+    """DPFedAvgScheduler's strategy: Flower's server-side fixed clipping over FedAvg with equal
+    weights, q as the sampled fraction, every sampled client's update required.
 
-    DP: Flower's server-side fixed clipping over FedAvg with equal weights, q as the sampled
-    fraction, every sampled client's update required. Secure: SecAgg+ with threshold t,
-    its stages bounded by ``calculation_timeout``.
+    Parameters
+    ----------
+    scheduler : DPFedAvgScheduler
+        The task (z, S, delta, q, involve_aggregator).
+    settings : ServerSettings
+        The run's settings (``strategy``, ``target_epsilon``).
+    config : DriverConfig
+        The driver settings from the scheduler.
     """
-    private = isinstance(scheduler, (DPFedAvgScheduler, SecureFedAvgScheduler))
-    if not private:
-        if target_epsilon is not None:
-            raise ConfigError("--target-epsilon applies to DPFedAvgScheduler tasks only")
-        return None
+    _only_fedavg(scheduler, settings.strategy, "central DP")
+    dp = PrivateFedAvg(DPSettings(scheduler.z, scheduler.S, scheduler.delta, settings.target_epsilon,
+                                  server_trains=scheduler.involve_aggregator))
+    return StrategySetup(dp, replace(config, weighted=False, fraction=scheduler.q), dp.admit)
+
+
+def secagg_setup(scheduler: SecureFedAvgScheduler, settings: Any, config: DriverConfig) -> StrategySetup:
+    """SecureFedAvgScheduler's strategy: SecAgg+ with threshold t, its stages bounded by
+    ``calculation_timeout`` (parameters as for :func:`dp_setup`)."""
+    _only_fedavg(scheduler, settings.strategy, "SecAgg+")
+    refuse_target_epsilon(settings.target_epsilon)
+    secure = SecAggPlusFedAvg(SecAggSettings(
+        scheduler.t, scheduler.clipping_range, scheduler.max_weight, float(scheduler.calculation_timeout)
+    ))
+    return StrategySetup(secure, config)
+
+
+def refuse_target_epsilon(target_epsilon: float | None) -> None:
+    """A privacy budget is for DP tasks only."""
+    if target_epsilon is not None:
+        raise ConfigError("--target-epsilon applies to DPFedAvgScheduler tasks only")
+
+
+def _only_fedavg(scheduler: FedAvgScheduler, strategy_name: str, protocol: str) -> None:
     if strategy_name != "fedavg":
         raise ConfigError(
-            f"{type(scheduler).__name__} aggregates with its own protocol (FedAvg under "
-            f"{'central DP' if isinstance(scheduler, DPFedAvgScheduler) else 'SecAgg+'}); "
+            f"{type(scheduler).__name__} aggregates with its own protocol (FedAvg under {protocol}); "
             f"--strategy {strategy_name} cannot be combined with it: drop --strategy"
         )
-    try:
-        if isinstance(scheduler, DPFedAvgScheduler):
-            dp = PrivateFedAvg(DPSettings(scheduler.z, scheduler.S, scheduler.delta, target_epsilon,
-                                        server_trains=scheduler.involve_aggregator))
-            return PrivateSetup(dp, replace(config, weighted=False, fraction=scheduler.q), dp.admit)
-        if target_epsilon is not None:
-            raise ConfigError("--target-epsilon applies to DPFedAvgScheduler tasks only")
-        secure = SecAggPlusFedAvg(SecAggSettings(
-            scheduler.t, scheduler.clipping_range, scheduler.max_weight, float(scheduler.calculation_timeout)
-        ))
-        return PrivateSetup(secure, config)
-    except StrategyConfigError as exc:
-        raise ConfigError(str(exc)) from exc
 
 
 class PrivacyReport:
