@@ -20,7 +20,7 @@ trained centrally on the same columns, side by side in one run.
    shorter epochs.
 
 Epoch times: medians over the simulation's rounds without a test; centralized: the mean
-over its epochs.
+over its epochs, with ``--threads`` torch threads (default 1).
 """
 
 from __future__ import annotations
@@ -61,12 +61,12 @@ def simulate(parties: list[str], rounds: int, k: int, out: Path, data_dir: str |
            str(k), "--seed", "0", "--fresh", "--out", str(out)]
     if data_dir:
         cmd += ["--data-dir", data_dir]
-    for attempt in (1, 2):  # a loaded machine can miss Ray's fixed 30 s raylet start-up wait
+    for attempt in (1, 2, 3):  # a loaded machine can miss Ray's fixed 30 s raylet start-up wait
         try:
             run_command(cmd, out.with_suffix(".log"), timeout=7200)
             break
         except RuntimeError:
-            if attempt == 2 or "timed out during startup" not in out.with_suffix(".log").read_text():
+            if attempt == 3 or "timed out during startup" not in out.with_suffix(".log").read_text():
                 raise
             print("  (Ray's node did not start within its 30 s; trying again)", flush=True)
     return json.loads((out / "summary.json").read_text())
@@ -98,7 +98,7 @@ def tabular(args: argparse.Namespace, out: Path) -> tuple[str, str]:
           f"epoch {central_epoch * 1000:.0f} ms", flush=True)
     print(f"  host alone, its 5 columns      : AUC {alone['auc']:.4f}, accuracy {alone['accuracy']:.4f}", flush=True)
     print(f"  simulation K=1, 3 parties      : AUC {split['auc']:.4f}, accuracy {split['accuracy']:.4f}, "
-          f"epoch {epoch:.2f}s = {epoch / central_epoch:.0f}x centralized "
+          f"epoch {epoch:.2f}s = {epoch / central_epoch:.1f}x centralized "
           f"({summary['rounds'][-1]['stats'].get('exchanges', 0):.0f} exchanges per collaborator)", flush=True)
     return (f"breast cancer 3 parties K=1 AUC {split['auc']:.4f} vs centralized {central['auc']:.4f} "
             f"(host alone {alone['auc']:.4f})"), f"{epoch:.2f}s/epoch"
@@ -181,10 +181,14 @@ def main() -> None:
                         help="only the K=1 speed check: two-party MNIST with Flower's engine poll and with --poll")
     parser.add_argument("--poll", type=float, default=0.002, help="engine poll of the --speed check (s)")
     parser.add_argument("--speed-rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of the centralized runs (as the simulation's Ray actors, which get 1 "
+                             "CPU each here; on a loaded machine 2 threads made the tabular baseline 30x slower)")
     parser.add_argument("--data-dir", default=default_data_dir())
     parser.add_argument("--out", default="runs/bench/parties")
     args = parser.parse_args()
     out = (ROOT / args.out).resolve()
+    torch.set_num_threads(args.threads)
     if args.speed:
         print(f"README: {k1_speed(args, out)}")
         return
