@@ -165,8 +165,11 @@ def k1_speed(args: argparse.Namespace, out: Path) -> str:
                            out / f"speed-poll-{poll or 'flower'}", args.data_dir, poll=poll)
         acc, epoch = summary["final_test"]["accuracy"], epoch_seconds(summary)
         name = "Flower's 0.1 s" if poll is None else f"{poll} s"
+        rows = [r["stats"] for r in summary["rounds"] if not r.get("test")] or [r["stats"] for r in summary["rounds"]]
+        transport = statistics.median((r["exchange-seconds"] - r["time-handler"]) / r["exchanges"] for r in rows)
         print(f"  simulation K=1, poll {name:<9}: accuracy {acc:.4f}, epoch {epoch:.2f}s = "
-              f"{epoch / central_epoch:.2f}x centralized", flush=True)
+              f"{epoch / central_epoch:.2f}x centralized; transport {transport * 1000:.0f} ms per exchange "
+              "(exchange time the collaborator's handler did not use)", flush=True)
         line += f"; poll {name}: {100 * acc:.2f}%, {epoch:.2f}s/epoch = {epoch / central_epoch:.2f}x"
     return line
 
