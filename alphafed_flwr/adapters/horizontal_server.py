@@ -220,7 +220,7 @@ class HorizontalServer:
         entry = {"round": server_round, "seconds": round(seconds, 3), "train": train, "test": test}
         assert self.summary is not None
         privacy = self.privacy.round_end(server_round, sched, self.summary.data)
-        self.summary.add_round(entry)
+        self.summary.add_round(entry, write=False)  # summary.json never runs ahead of the checkpoint
         self.checkpoint.save(
             {**arrays_to_numpy(arrays), **self._strategy_state()},
             {
@@ -231,6 +231,7 @@ class HorizontalServer:
                 **self.privacy.state(),
             },
         )
+        self.summary.write()
         sched.flush_outputs()
         clients = int(train.get("num-results", 0))
         logger.info(

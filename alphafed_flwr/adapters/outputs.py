@@ -107,10 +107,11 @@ class RunSummary:
             self.data["rounds"] = list(previous.get("rounds", []))
             self.data["started_at"] = previous.get("started_at", self.data["started_at"])
 
-    def add_round(self, entry: Mapping[str, Any]) -> None:
-        """Record one completed round."""
+    def add_round(self, entry: Mapping[str, Any], write: bool = True) -> None:
+        """Record one completed round (``write=False``: the caller writes after its checkpoint)."""
         self.data["rounds"].append(dict(entry))
-        self.write()
+        if write:
+            self.write()
 
     def finish(self, status: str, **extra: Any) -> None:
         """Record the final status (``completed`` or ``failed``) and anything else."""
