@@ -106,11 +106,18 @@ def listener_configs(app: Any, config: Any, runtime_port: int, token: str) -> li
 
 
 async def serve(configs: list[Any], superexec: subprocess.Popen[bytes] | None) -> None:
-    """Run the listeners until one stops, a signal arrives, or the SuperExec exits."""
+    """Start the listeners one after the other, then run them until one stops, a signal
+    arrives, or the SuperExec exits."""
     import uvicorn  # pylint: disable=import-outside-toplevel
 
     servers = [uvicorn.Server(c) for c in configs]
-    tasks = [asyncio.create_task(_serve(s)) for s in servers]
+    tasks: list[asyncio.Task[None]] = []
+    for server in servers:  # in order: the Control API answers only once the public port is bound
+        tasks.append(asyncio.create_task(_serve(server)))
+        while not server.started and not tasks[-1].done():
+            await asyncio.sleep(0.05)
+        if tasks[-1].done():
+            break
     while not any(t.done() for t in tasks):
         if superexec is not None and superexec.poll() is not None:
             print(f"The SuperExec exited (code {superexec.returncode}); stopping the SuperLink", file=sys.stderr)
