@@ -189,7 +189,8 @@ def test_bad_updates_and_the_servers_own_are_rejected_and_never_averaged(
     grid.handlers = {node: spoil(node) for node in grid.handlers}
     srv = server(template, tmp_path, tiny_mnist)
     trainer = srv.trainer
-    assert trainer is not None
+    # involve_aggregator=True: the server holds a second instance of the task that trains
+    assert isinstance(trainer, type(srv.scheduler)) and trainer is not srv.scheduler
     train_locally = trainer.run_local_round
 
     def nan_update() -> int:
