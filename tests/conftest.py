@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -47,3 +49,19 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     TaskIdentity.run_id = 1
     TaskIdentity.node_id = 0
     set_environment(None)
+
+
+@pytest.fixture
+def caplog(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """pytest's ``caplog``, also fed by the non-propagating ``alphafed`` logger.
+
+    pytest >= 9.2 attaches its handler to non-propagating loggers itself; older releases (which a
+    machine may already have installed) do not, so attach it here for every version.
+    """
+    alphafed = logging.getLogger("alphafed")
+    attached = caplog.handler not in alphafed.handlers
+    if attached:
+        alphafed.addHandler(caplog.handler)
+    yield caplog
+    if attached:
+        alphafed.removeHandler(caplog.handler)
