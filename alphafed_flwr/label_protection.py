@@ -44,6 +44,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from alphafed_flwr.strategies.protocol import FEATURES, TEST_FEATURES
+
 __all__ = [
     "EmbeddingDP",
     "LabelProtection",
@@ -313,7 +315,7 @@ def private_features(reply: dict[str, Any], spec: EmbeddingDP | Mapping[str, Any
     if dp is None:
         return reply
     generator = torch.Generator().manual_seed(secrets.randbits(63))
-    for name in ("features", "test-features"):
+    for name in (FEATURES, TEST_FEATURES):
         if name in reply:
             reply[name] = [dp.apply(torch.from_numpy(np.asarray(f)), generator).numpy() for f in reply[name]]
     return reply

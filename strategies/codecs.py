@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from .checks import DEFAULT_MAX_ABS, ArrayRejected, check_array
+from .protocol import FEATURE_CODEC, FEATURES, GRADS, TEST_FEATURES
 
 MAX_VALUES = 1 << 27  # largest decoded array (values): 512 MiB of float32
 MAX_NDIM = 8
@@ -273,13 +274,13 @@ class ExchangeCodecs:
     def encode_request(self, payload: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
         """A host request with its ``grads`` encoded and the features codec asked for;
         also ``{"bytes-gradients": n}`` (the encoded gradients' array bytes)."""
-        out = {k: v for k, v in payload.items() if k != "grads"}
-        grads = payload.get("grads")
+        out = {k: v for k, v in payload.items() if k != GRADS}
+        grads = payload.get(GRADS)
         if grads:
-            out.update(pack("grads", list(grads), self.gradients))
+            out.update(pack(GRADS, list(grads), self.gradients))
         if self.features.name != "float32":
             out[FEATURE_CODEC] = str(self.features)
-        return out, {"bytes-gradients": payload_bytes(out, "grads")}
+        return out, {"bytes-gradients": payload_bytes(out, GRADS)}
 
     def decode_reply(
         self, reply: Mapping[str, Any], party: str, max_abs: float = DEFAULT_MAX_ABS
@@ -302,8 +303,7 @@ class ExchangeCodecs:
         return out, counts
 
 
-FEATURE_CODEC = "feature-codec"
-FEATURE_ENTRIES = ("features", "test-features")
+FEATURE_ENTRIES = (FEATURES, TEST_FEATURES)
 
 
 # ----- the exchange: collaborator side -----------------------------------------------------
@@ -312,9 +312,9 @@ def decode_request(
 ) -> dict[str, Any]:
     """A host request with its ``grads`` decoded and checked (``CodecError`` if malformed,
     ``ArrayRejected`` beyond ``max_abs``)."""
-    out = {k: v for k, v in payload.items() if not k.startswith("grads.")}
-    if "grads" in payload:
-        out["grads"] = unpack(payload, "grads", party, max_abs)
+    out = {k: v for k, v in payload.items() if not k.startswith(f"{GRADS}.")}
+    if GRADS in payload:
+        out[GRADS] = unpack(payload, GRADS, party, max_abs)
     return out
 
 

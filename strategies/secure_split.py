@@ -28,7 +28,29 @@ import numpy as np
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
-from .protocol import SECURE
+from .protocol import (
+    ALPHA,
+    ALPHA_COUNTS,
+    BEGIN,
+    CONTEXT,
+    DIGESTS,
+    FINISH,
+    FORWARD,
+    FORWARD_BATCH,
+    ROUND,
+    SECURE,
+    SEND,
+    SIZES,
+    TEST,
+    TEST_ALPHA,
+    TEST_ALPHA_COUNTS,
+    TEST_BATCH,
+    TEST_DIGESTS,
+    TEST_FORWARD,
+    TEST_SIZES,
+    TEST_Z,
+    TIME_HANDLER,
+)
 from .split_learning import BatchMismatch, HostBatch, MalformedReply, SplitLearning, SplitLearningHost, _span
 
 
@@ -67,9 +89,9 @@ def payload_bytes(payload: dict[str, Any]) -> int:
     return total
 
 
-def split_counts(key: str, reply: dict[str, Any], name: str, what: str) -> list[list[bytes]]:
-    """``reply[name]`` (flat ciphertexts) cut by ``reply[name + '-counts']``, checked."""
-    flat, counts = reply.get(name), reply.get(f"{name}-counts")
+def split_counts(key: str, reply: dict[str, Any], name: str, counts_name: str, what: str) -> list[list[bytes]]:
+    """``reply[name]`` (flat ciphertexts) cut by ``reply[counts_name]``, checked."""
+    flat, counts = reply.get(name), reply.get(counts_name)
     ok = isinstance(flat, list) and isinstance(counts, list) and all(isinstance(b, bytes) for b in flat)
     ok = ok and all(isinstance(c, int) and c > 0 for c in counts) and sum(counts) == len(flat)
     if not ok:
@@ -94,8 +116,8 @@ class SecureSplitLearning(SplitLearning):
         stats["exchange-seconds"] = stats.get("exchange-seconds", 0.0) + time.monotonic() - start
         stats["bytes-to-collaborators"] = stats.get("bytes-to-collaborators", 0) + sum(map(payload_bytes, payloads.values()))
         stats["bytes-to-host"] = stats.get("bytes-to-host", 0) + sum(map(payload_bytes, replies.values()))
-        stats["time-handler"] = stats.get("time-handler", 0.0) + max(
-            float(r.get("time-handler", 0.0)) if isinstance(r.get("time-handler"), float) else 0.0
+        stats[TIME_HANDLER] = stats.get(TIME_HANDLER, 0.0) + max(
+            float(r.get(TIME_HANDLER, 0.0)) if isinstance(r.get(TIME_HANDLER), float) else 0.0
             for r in replies.values()
         )
         return replies
@@ -109,11 +131,11 @@ class SecureSplitLearning(SplitLearning):
         first_send = list(range(k))
         replies = self.secure_send(
             grid,
-            {key: {"round": server_round, "begin": True, "send": first_send, **extra, **host.secure_setup(key)} for key in self.nodes},
+            {key: {ROUND: server_round, BEGIN: True, SEND: first_send, **extra, **host.secure_setup(key)} for key in self.nodes},
             f"round {server_round}, the start and the features of {_span(first_send)}",
         )
         for key, reply in replies.items():
-            context = reply.get("context")
+            context = reply.get(CONTEXT)
             if not isinstance(context, bytes):
                 raise MalformedReply(f"collaborator '{key}' sent no CKKS context")
             host.set_context(key, context)
@@ -125,16 +147,16 @@ class SecureSplitLearning(SplitLearning):
             if group[0] > 0:
                 replies = self.secure_send(
                     grid,
-                    {key: {"round": server_round, "send": group, **pending[key]} for key in self.nodes},
+                    {key: {ROUND: server_round, SEND: group, **pending[key]} for key in self.nodes},
                     f"round {server_round}, the gradients of batch {group[0]} and the features of {_span(group)}",
                 )
                 pending = {key: {} for key in self.nodes}
-            alphas = {key: split_counts(key, r, "alpha", f"round {server_round}") for key, r in replies.items()}
+            alphas = {key: split_counts(key, r, ALPHA, ALPHA_COUNTS, f"round {server_round}") for key, r in replies.items()}
             for offset, index in enumerate(group):
                 self._check_host_batch(host, replies, alphas, index, offset)
                 forward = {
-                    key: {"round": server_round, "forward": host.forward(key, index, alphas[key][offset]),
-                          "forward-batch": index, **pending[key]}
+                    key: {ROUND: server_round, FORWARD: host.forward(key, index, alphas[key][offset]),
+                          FORWARD_BATCH: index, **pending[key]}
                     for key in self.nodes
                 }
                 parts = self.secure_send(grid, forward, f"round {server_round}, the projection of batch {index + 1}")
@@ -147,7 +169,7 @@ class SecureSplitLearning(SplitLearning):
                 f"round {server_round}: the host yields more than the {total} training batches "
                 f"of its collaborators ({', '.join(self.nodes)})"
             )
-        final = {key: {"round": server_round, "finish": True, "test": test_now, **pending[key]} for key in self.nodes}
+        final = {key: {ROUND: server_round, FINISH: True, TEST: test_now, **pending[key]} for key in self.nodes}
         replies = self.secure_send(grid, final, f"round {server_round}, the gradients of batch {total}" + (
             " and the test features" if test_now else " (last of the round)"))
         log(INFO, "Round %d: batch %d/%d", server_round, total, total)
@@ -156,7 +178,7 @@ class SecureSplitLearning(SplitLearning):
     def run_test(self, grid: Grid, host: SplitLearningHost, server_round: int, extra: dict[str, Any]) -> dict[str, float]:
         """A test outside the training exchanges."""
         replies = self.secure_send(
-            grid, {key: {"round": server_round, "test": True, **extra} for key in self.nodes}, f"round {server_round}, the test"
+            grid, {key: {ROUND: server_round, TEST: True, **extra} for key in self.nodes}, f"round {server_round}, the test"
         )
         return self._secure_test(grid, host, replies, server_round)
 
@@ -165,21 +187,21 @@ class SecureSplitLearning(SplitLearning):
     ) -> dict[str, float]:
         _require_secure(host)
         what = f"round {server_round} test"
-        alphas = {key: split_counts(key, r, "test-alpha", what) for key, r in replies.items()}
+        alphas = {key: split_counts(key, r, TEST_ALPHA, TEST_ALPHA_COUNTS, what) for key, r in replies.items()}
         mine = host.test_batches()
         for key, reply in replies.items():
             if len(alphas[key]) != len(mine):
                 raise BatchMismatch(f"{what}: the host has {len(mine)} test batches, collaborator '{key}' {len(alphas[key])}")
             for i, batch in enumerate(mine):
-                _check_sizes(f"test batch {i + 1}", key, batch, reply, "test-sizes", "test-digests", i)
+                _check_sizes(f"test batch {i + 1}", key, batch, reply, TEST_SIZES, TEST_DIGESTS, i)
         parts: dict[str, list[np.ndarray]] = {key: [] for key in self.nodes}
         for i in range(len(mine)):
             payloads = {
-                key: {"round": server_round, "test-forward": host.test_forward(key, i, alphas[key][i]), "test-batch": i}
+                key: {ROUND: server_round, TEST_FORWARD: host.test_forward(key, i, alphas[key][i]), TEST_BATCH: i}
                 for key in self.nodes
             }
             for key, reply in self.secure_send(grid, payloads, f"{what}, the projection of test batch {i + 1}").items():
-                parts[key].append(reply.get("test-z"))  # checked by the host before unmasking
+                parts[key].append(reply.get(TEST_Z))  # checked by the host before unmasking
         return host.test_secure(parts)
 
     def _check_host_batch(
@@ -198,7 +220,7 @@ class SecureSplitLearning(SplitLearning):
         if mine is None:
             raise BatchMismatch(f"{what}: the host's generator ended after {index} batches, its collaborators yield more")
         for key, reply in replies.items():
-            _check_sizes(what, key, mine, reply, "sizes", "digests", offset)
+            _check_sizes(what, key, mine, reply, SIZES, DIGESTS, offset)
 
 
 def _require_secure(host: Any) -> None:

@@ -36,7 +36,28 @@ from .codecs import ExchangeCodecs
 from .errors import ExchangeTimeout, NodesUnavailable, StrategyError
 from .exchange import DEFAULT_POLL_INTERVAL, exchange, pull, push
 from .payload import PayloadError, decode, encode
-from .protocol import EXCHANGE, HELLO, PSI
+from .protocol import (
+    APPLY,
+    BATCHES,
+    BEGIN,
+    COLLABORATOR,
+    DIGESTS,
+    EXCHANGE,
+    FEATURE_KEY,
+    FEATURES,
+    FINISH,
+    GRADS,
+    HELLO,
+    PSI,
+    ROLE,
+    ROUND,
+    SEND,
+    TEST,
+    TEST_DIGESTS,
+    TEST_FEATURES,
+    TIME_HANDLER,
+    TIME_MODEL,
+)
 
 
 PayloadExchange = Callable[[dict[str, dict[str, Any]]], dict[str, dict[str, Any]]]
@@ -226,7 +247,7 @@ class SplitLearning:
             for size in sizes:
                 for name, count in size.items():
                     stats[name] = stats.get(name, 0) + count
-            for name in ("time-handler", "time-model"):  # collaborators work in parallel: max
+            for name in (TIME_HANDLER, TIME_MODEL):  # collaborators work in parallel: max
                 slowest = max(_seconds(r.get(name)) for r in out.values())
                 stats[name] = stats.get(name, 0.0) + slowest
         return out
@@ -258,8 +279,8 @@ class SplitLearning:
                     log(INFO, "Node %s did not answer the hello (%s); ignoring it", node, reply.error.reason)
                     continue
                 payload = _decode_reply(f"node {node}", reply, "the hello")
-                key, role = payload.get("feature-key"), payload.get("role")
-                if not isinstance(role, str) or role != "collaborator":
+                key, role = payload.get(FEATURE_KEY), payload.get(ROLE)
+                if not isinstance(role, str) or role != COLLABORATOR:
                     raise StrategyError(f"node {node} is not a collaborator (role {str(role)[:100]!r})")
                 if not isinstance(key, str) or not key:
                     raise MalformedReply(f"node {node} sent no feature_key in its hello")
@@ -311,7 +332,7 @@ class SplitLearning:
         replies = self.send(
             grid,
             EXCHANGE,
-            {key: {"round": server_round, "begin": True, "send": list(range(k)), **extra} for key in self.nodes},
+            {key: {ROUND: server_round, BEGIN: True, SEND: list(range(k)), **extra} for key in self.nodes},
             f"round {server_round}, the start and the features of {_span(list(range(k)))}",
         )
         total = self._batch_count(replies)
@@ -330,19 +351,19 @@ class SplitLearning:
             first += k
             finish = first >= total
             payload = {
-                "round": server_round,
-                "apply": batches,
-                "grads": None,
-                "send": [] if finish else list(range(first, min(first + k, total))),
-                "finish": finish,
-                "test": finish and test_now,
+                ROUND: server_round,
+                APPLY: batches,
+                GRADS: None,
+                SEND: [] if finish else list(range(first, min(first + k, total))),
+                FINISH: finish,
+                TEST: finish and test_now,
             }
             what = f"round {server_round}, the gradients of {_span(batches)} " + (
                 ("and the test features" if test_now else "(last of the round)")
                 if finish
-                else f"and the features of {_span(payload['send'])}"
+                else f"and the features of {_span(payload[SEND])}"
             )
-            replies = self.send(grid, EXCHANGE, {key: {**payload, "grads": grads[key]} for key in self.nodes}, what)
+            replies = self.send(grid, EXCHANGE, {key: {**payload, GRADS: grads[key]} for key in self.nodes}, what)
             if finish:
                 break
         if host.next_batch() is not None:
@@ -360,7 +381,7 @@ class SplitLearning:
         replies = self.send(
             grid,
             EXCHANGE,
-            {key: {"round": server_round, "test": True, **extra} for key in self.nodes},
+            {key: {ROUND: server_round, TEST: True, **extra} for key in self.nodes},
             f"round {server_round}, the test",
         )
         return self._test_from(host, replies, server_round)
@@ -369,7 +390,7 @@ class SplitLearning:
     def _batch_count(self, replies: dict[str, dict[str, Any]]) -> int:
         counts = {}
         for key, reply in replies.items():
-            count = reply.get("batches")
+            count = reply.get(BATCHES)
             if not isinstance(count, int) or isinstance(count, bool):
                 raise MalformedReply(
                     f"collaborator '{key}' answered the round's start without a batch count "
@@ -389,7 +410,7 @@ class SplitLearning:
         what = f"training batch {index + 1}"
         features: dict[str, np.ndarray] = {}
         for key, reply in replies.items():  # every array is checked before the host's models run
-            feats = _list_of(key, reply, "features", what)
+            feats = _list_of(key, reply, FEATURES, what)
             if offset >= len(feats):
                 raise BatchMismatch(f"{what}: collaborator '{key}' sent no features")
             features[key] = self.ledger.check(f"collaborator '{key}'", "features", f"the features of {what}", feats[offset])
@@ -399,7 +420,7 @@ class SplitLearning:
                 f"{what}: the host's generator ended after {index} batches, its collaborators yield more"
             )
         for key, reply in replies.items():
-            check_batch(what, key, mine, features[key], _list_of(key, reply, "digests", what, str), offset)
+            check_batch(what, key, mine, features[key], _list_of(key, reply, DIGESTS, what, str), offset)
         return features
 
     def _host_gradients(
@@ -426,7 +447,7 @@ class SplitLearning:
         what = f"round {server_round} test"
         checked: dict[str, list[np.ndarray]] = {}
         for key, reply in replies.items():
-            feats = _list_of(key, reply, "test-features", what)
+            feats = _list_of(key, reply, TEST_FEATURES, what)
             checked[key] = [
                 self.ledger.check(f"collaborator '{key}'", "features", f"the features of test batch {i + 1}", f)
                 for i, f in enumerate(feats)
@@ -438,7 +459,7 @@ class SplitLearning:
                 raise BatchMismatch(
                     f"{what}: the host has {len(mine)} test batches, collaborator '{key}' {len(feats)}"
                 )
-            digests = _list_of(key, reply, "test-digests", what, str)
+            digests = _list_of(key, reply, TEST_DIGESTS, what, str)
             for i, batch in enumerate(mine):
                 check_batch(f"test batch {i + 1}", key, batch, feats[i], digests, i)
         return host.test(checked)

@@ -37,3 +37,34 @@ def test_route_registers_exactly_that_message_type(message_type: str) -> None:
     other = "query.other" if message_type != "query.other" else "train.other"
     with pytest.raises(ValueError):
         app(Message(RecordDict(), dst_node_id=2, message_type=other), context)
+
+
+def test_every_protocol_name_has_its_own_value() -> None:
+    """Two names for one string would let one side read a field the other never meant."""
+    names = {k: v for k, v in vars(protocol).items() if k.isupper() and isinstance(v, str)}
+    by_value: dict[str, list[str]] = {}
+    for name, value in names.items():
+        by_value.setdefault(value, []).append(name)
+    assert {v: n for v, n in by_value.items() if len(n) > 1} == {}
+
+
+def test_the_vertical_payload_literals_live_only_in_the_protocol() -> None:
+    """The exchange's key strings appear in no strategy or adapter of the vertical families."""
+    import pathlib
+
+    import alphafed_flwr
+
+    root = pathlib.Path(alphafed_flwr.__file__).parent
+    files = [
+        root / "strategies" / "split_learning.py",
+        root / "strategies" / "secure_split.py",
+        root / "adapters" / "vertical_client.py",
+        root / "adapters" / "vertical_host.py",
+        root / "adapters" / "secure_client.py",
+        root / "adapters" / "secure_host.py",
+    ]
+    keys = [protocol.FEATURE_KEY, protocol.TEST_FEATURES, protocol.GRADS, protocol.APPLY,
+            protocol.SPLIT_DIGEST, protocol.CHECKPOINT_ROUNDS, protocol.FORWARD_BATCH, protocol.TEST_ALPHA]
+    for path in files:
+        text = path.resolve().read_text()
+        assert not [k for k in keys if f'"{k}"' in text or f"'{k}'" in text], path.name

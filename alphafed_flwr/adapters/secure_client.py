@@ -38,7 +38,39 @@ from alphafed_flwr.secure_layer import (
 )
 from alphafed_flwr.strategies.checks import check_array
 from alphafed_flwr.strategies.payload import decode, encode
-from alphafed_flwr.strategies.protocol import SECURE, route
+from alphafed_flwr.strategies.protocol import (
+    ALPHA,
+    ALPHA_COUNTS,
+    BATCHES,
+    BEGIN,
+    CKKS,
+    CONTEXT,
+    DIGESTS,
+    DIMS,
+    FGRAD,
+    FINISH,
+    FORWARD,
+    FORWARD_BATCH,
+    GRAD_BATCH,
+    LR,
+    ROUND,
+    SECURE,
+    SEND,
+    SHARE as SHARE_KEY,
+    SIZES,
+    TEST,
+    TEST_ALPHA,
+    TEST_ALPHA_COUNTS,
+    TEST_BATCH,
+    TEST_DIGESTS,
+    TEST_FORWARD,
+    TEST_SIZES,
+    TEST_Z,
+    TIME_HANDLER,
+    WGRAD,
+    Z,
+    route,
+)
 
 from .feature_replay import RecordedRound, ids_digest, replay_backward, replay_features
 from .templates import SchedulerSource
@@ -63,47 +95,47 @@ class SecureCollaborator(VerticalCollaborator):
     def secure(self, payload: dict[str, Any]) -> dict[str, Any]:
         """One step of the secure protocol (see the module docstring)."""
         started = time.perf_counter()
-        server_round = int(payload["round"])
+        server_round = int(payload[ROUND])
         self.sched.set_round(server_round)
         self._load_model()
         self._ensure_intersection()
         reply: dict[str, Any] = {}
-        if payload.get("begin"):
+        if payload.get(BEGIN):
             reply.update(self._setup(payload))
         self.keys = self._keys()
-        if payload.get("begin"):  # the round's inputs, recorded afresh (see feature_replay)
+        if payload.get(BEGIN):  # the round's inputs, recorded afresh (see feature_replay)
             recorded = self._record(server_round)
-            reply["batches"] = recorded.num_batches
+            reply[BATCHES] = recorded.num_batches
         else:
             recorded = self.store.get(self.key, server_round) or self._record(server_round)
-        if "grad-batch" in payload:
+        if GRAD_BATCH in payload:
             self._apply_gradients(payload, recorded, server_round)
-        if payload.get("send"):
-            reply.update(self._send_features(list(payload["send"]), recorded, server_round))
-        if "forward" in payload:
-            reply.update(self._forward(payload["forward"], str(int(payload["forward-batch"])), "z"))
+        if payload.get(SEND):
+            reply.update(self._send_features(list(payload[SEND]), recorded, server_round))
+        if FORWARD in payload:
+            reply.update(self._forward(payload[FORWARD], str(int(payload[FORWARD_BATCH])), Z))
         self._save_model()
-        if payload.get("finish"):
+        if payload.get(FINISH):
             self._finish_round(server_round)
-        if payload.get("test"):
+        if payload.get(TEST):
             reply.update(self._test_alpha())
-        if "test-forward" in payload:
-            reply.update(self._forward(payload["test-forward"], f"t{int(payload['test-batch'])}", "test-z"))
+        if TEST_FORWARD in payload:
+            reply.update(self._forward(payload[TEST_FORWARD], f"t{int(payload[TEST_BATCH])}", TEST_Z))
         self.sched.flush_outputs()
-        reply["time-handler"] = time.perf_counter() - started
+        reply[TIME_HANDLER] = time.perf_counter() - started
         return reply
 
     # ----- steps ---------------------------------------------------------------------------
     def _setup(self, payload: dict[str, Any]) -> dict[str, Any]:
         """Check the host's configuration; create keys and the share once per task."""
-        lr, dims = float(payload["lr"]), payload["dims"]
+        lr, dims = float(payload[LR]), payload[DIMS]
         if abs(lr - self.sched.project_layer_lr) > 1e-12 * max(1.0, lr):
             raise ConfigError(
                 f"project_layer_lr differs: the host uses {lr}, '{self.key}' "
                 f"{self.sched.project_layer_lr}; the shares of the projection only add up "
                 "to SGD on it when both use the same rate"
             )
-        params = CkksParams.from_list(list(payload["ckks"]))
+        params = CkksParams.from_list(list(payload[CKKS]))
         saved = self.state.config_records.get(KEYS)
         if saved is None or list(saved["params"]) != params.to_list():  # type: ignore[arg-type]
             keys = CollaboratorKeys.create(params)
@@ -113,7 +145,7 @@ class SecureCollaborator(VerticalCollaborator):
             self.state[SHARE] = ArrayRecord({"E": Array(uniform((n_in, n_out), bound))})
             logger.info("'%s': new CKKS keys (N=%d) and projection share", self.key, params.poly_modulus_degree)
         self.keys = self._keys()
-        return {"context": self.keys.public_bytes()}
+        return {CONTEXT: self.keys.public_bytes()}
 
     def _keys(self) -> CollaboratorKeys:
         saved = self.state.config_records.get(KEYS)
@@ -150,7 +182,7 @@ class SecureCollaborator(VerticalCollaborator):
             counts.append(len(batch))
             sizes.append(len(alpha))
         digests = [recorded.digests[i] if i < len(recorded.digests) else "" for i in batches]
-        return {"alpha": cts, "alpha-counts": counts, "sizes": sizes, "digests": digests}
+        return {ALPHA: cts, ALPHA_COUNTS: counts, SIZES: sizes, DIGESTS: digests}
 
     def _checked_alpha(self, alpha: np.ndarray, n_in: int, what: str) -> np.ndarray:
         if alpha.ndim != 2 or alpha.shape[1] != n_in:
@@ -171,15 +203,15 @@ class SecureCollaborator(VerticalCollaborator):
         share = self.share
         plan = FeaturePlan.make(len(alpha), *share.shape, self.keys.params.slots)
         part = collaborator_forward(self.keys, cts, alpha, share, plan)
-        if name == "test-z":
+        if name == TEST_Z:
             del pending[slot]
             return {name: part}
-        return {name: part, "share": encrypt_share(self.keys, share)}
+        return {name: part, SHARE_KEY: encrypt_share(self.keys, share)}
 
     def _apply_gradients(self, payload: dict[str, Any], recorded: RecordedRound, server_round: int) -> None:
         """Update the share with the masked weight gradient; step the feature model."""
         assert self.keys is not None
-        index = int(payload["grad-batch"])
+        index = int(payload[GRAD_BATCH])
         pending = self._pending()
         if str(index) not in pending:
             raise ConfigError(f"'{self.key}': gradients for batch {index + 1} whose features were not sent")
@@ -187,7 +219,7 @@ class SecureCollaborator(VerticalCollaborator):
         del pending[str(index)]
         share = self.share
         plan = FeaturePlan.make(len(alpha), *share.shape, self.keys.params.slots)
-        grad_w, grad_x = collaborator_backward(self.keys, list(payload["wgrad"]), list(payload["fgrad"]), plan)
+        grad_w, grad_x = collaborator_backward(self.keys, list(payload[WGRAD]), list(payload[FGRAD]), plan)
         what = f"the feature gradient of training batch {index + 1} for '{self.key}'"
         check_array(grad_x, "the host", what, max_abs=self.settings.max_abs)
         updated = share - self.sched.project_layer_lr * grad_w
@@ -227,7 +259,7 @@ class SecureCollaborator(VerticalCollaborator):
             counts.append(len(batch))
             sizes.append(len(alpha))
             digests.append(ids_digest(self.salt, [str(x) for x in ids]) if ids is not None else "")
-        return {"test-alpha": cts, "test-alpha-counts": counts, "test-sizes": sizes, "test-digests": digests}
+        return {TEST_ALPHA: cts, TEST_ALPHA_COUNTS: counts, TEST_SIZES: sizes, TEST_DIGESTS: digests}
 
 
 def add_secure_handler(

@@ -29,6 +29,7 @@ from alphafed_flwr.secure_layer import (
     unmask_projection,
 )
 from alphafed_flwr.strategies.checks import check_array
+from alphafed_flwr.strategies.protocol import CKKS, DIMS, FGRAD, GRAD_BATCH, LR, SHARE, WGRAD, Z
 
 from .vertical_host import VerticalHost, VerticalSettings
 
@@ -68,7 +69,7 @@ class SecureVerticalHost(VerticalHost):
                 f"collaborator '{key}' has no entry in project_layer_config "
                 f"({[k for k, _, _ in self.sched.project_layer_config]}): add ('{key}', in_dim, out_dim)"
             )
-        return {"lr": self.sched.project_layer_lr, "dims": list(dims), "ckks": self.params.to_list()}
+        return {LR: self.sched.project_layer_lr, DIMS: list(dims), CKKS: self.params.to_list()}
 
     def set_context(self, key: str, context: bytes) -> None:
         """Load a collaborator's public context (refused if it carries a secret key)."""
@@ -107,9 +108,9 @@ class SecureVerticalHost(VerticalHost):
         for key, reply in parts.items():
             state = self._states[key]
             what = f"the projection of training batch {self._batch_index} from '{key}'"
-            z = unmask_projection(reply.get("z"), state, self.params, what)  # type: ignore[arg-type]
+            z = unmask_projection(reply.get(Z), state, self.params, what)  # type: ignore[arg-type]
             check_array(z, f"collaborator '{key}'", what)
-            state.share_ct = load_vector(self.contexts[key], reply.get("share"), f"{what}: the share", self.params.slots)  # type: ignore[arg-type]
+            state.share_ct = load_vector(self.contexts[key], reply.get(SHARE), f"{what}: the share", self.params.slots)  # type: ignore[arg-type]
             leaves[key] = torch.from_numpy(z.astype(np.float32)).requires_grad_(True)
         sched = self.sched
         sched.project_optimizer.stepped = False
@@ -143,7 +144,7 @@ class SecureVerticalHost(VerticalHost):
         with torch.no_grad():  # W_h <- W_h - lr * (-eps_g): the host's share of the SGD step
             weight.add_(torch.from_numpy(self.sched.project_layer_lr * eps_g.T).to(weight.dtype))
         self.crypto_seconds += time.perf_counter() - start
-        return {"grad-batch": self._batch_index - 1, "wgrad": wgrad, "fgrad": fgrad}
+        return {GRAD_BATCH: self._batch_index - 1, WGRAD: wgrad, FGRAD: fgrad}
 
     def test_forward(self, key: str, index: int, cts: list[bytes]) -> list[bytes]:
         """Forward ciphertexts of test batch ``index`` (after ``test_batches``)."""

@@ -29,7 +29,36 @@ from alphafed_flwr.psi import PsiParty, canonical_ids, collaborator_step
 from alphafed_flwr.strategies.checks import DEFAULT_MAX_ABS, ArrayRejected, check_array
 from alphafed_flwr.strategies.codecs import decode_request, encode_reply
 from alphafed_flwr.strategies.payload import decode, encode
-from alphafed_flwr.strategies.protocol import EXCHANGE, HELLO, PSI, route
+from alphafed_flwr.strategies.protocol import (
+    APPLY,
+    BATCHES,
+    BEGIN,
+    CHECKPOINT_ROUNDS,
+    COLLABORATOR,
+    DIGESTS,
+    EXCHANGE,
+    FEATURE_KEY,
+    FEATURES,
+    FINISH,
+    GRADS,
+    HELLO,
+    INTERSECTION_DIGEST,
+    PSI,
+    RESTORE,
+    ROLE,
+    ROUND,
+    SALT,
+    SEND,
+    SPLIT_DIGEST,
+    TEST,
+    TEST_DIGESTS,
+    TEST_FEATURES,
+    TEST_SIZE,
+    TIME_HANDLER,
+    TIME_MODEL,
+    TRAIN_SIZE,
+    route,
+)
 
 from .feature_replay import (
     InputStore,
@@ -130,13 +159,13 @@ class VerticalCollaborator:
     # ----- messages ----------------------------------------------------------------------
     def hello(self, payload: dict[str, Any]) -> dict[str, Any]:
         """Introduce this party; say which rounds it could resume from."""
-        self.config["salt"] = bytes(payload["salt"])
+        self.config["salt"] = bytes(payload[SALT])
         saved = read_json(self.folder / "psi.json")
         return {
-            "role": "collaborator",
-            "feature-key": self.key,
-            "checkpoint-rounds": self.checkpoints.rounds(),
-            "intersection-digest": ids_set_digest(self.salt, saved["intersection"]) if saved else "",
+            ROLE: COLLABORATOR,
+            FEATURE_KEY: self.key,
+            CHECKPOINT_ROUNDS: self.checkpoints.rounds(),
+            INTERSECTION_DIGEST: ids_set_digest(self.salt, saved["intersection"]) if saved else "",
         }
 
     def psi(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -152,9 +181,9 @@ class VerticalCollaborator:
             train_ids, test_ids = check_split(self.key, self.sched.train_ids, self.sched.test_ids)
             reply.update(
                 {
-                    "split-digest": split_digest(self.salt, train_ids, test_ids),
-                    "train-size": len(train_ids),
-                    "test-size": len(test_ids),
+                    SPLIT_DIGEST: split_digest(self.salt, train_ids, test_ids),
+                    TRAIN_SIZE: len(train_ids),
+                    TEST_SIZE: len(test_ids),
                 }
             )
             self.config["intersection"] = list(mine)
@@ -172,25 +201,25 @@ class VerticalCollaborator:
         try:
             payload = decode_request(payload, max_abs=self.settings.max_abs)  # codecs: the host's gradients
         except ArrayRejected as exc:  # name the batches
-            batches = [i + 1 for i in payload.get("apply") or [] if isinstance(i, int)]
+            batches = [i + 1 for i in payload.get(APPLY) or [] if isinstance(i, int)]
             raise ArrayRejected(f"the gradients of training batches {batches} for '{self.key}': {exc}") from exc
         model_seconds = 0.0
         sched = self.sched
-        server_round = int(payload["round"])
+        server_round = int(payload[ROUND])
         sched.set_round(server_round)
-        if "restore" in payload:
-            self._restore(int(payload["restore"]))
+        if RESTORE in payload:
+            self._restore(int(payload[RESTORE]))
         self._load_model()
         self._ensure_intersection()
         reply: dict[str, Any] = {}
         recorded: RecordedRound | None = None
-        if payload.get("begin"):
+        if payload.get(BEGIN):
             tick = time.perf_counter()
             recorded = self._record(server_round)
             model_seconds += time.perf_counter() - tick
-            reply["batches"] = recorded.num_batches
-        apply = list(payload.get("apply") or [])
-        send = list(payload.get("send") or [])
+            reply[BATCHES] = recorded.num_batches
+        apply = list(payload.get(APPLY) or [])
+        send = list(payload.get(SEND) or [])
         if apply or send:
             recorded = recorded or self.store.get(self.key, server_round) or self._record(server_round)
         model, optimizer = sched.feature_model, sched.feature_optimizer
@@ -206,29 +235,29 @@ class VerticalCollaborator:
             optimizer.zero_grad(set_to_none=True)
         if send:
             assert recorded is not None
-            reply["features"] = [
+            reply[FEATURES] = [
                 replay_features(model, recorded.batch(i), self._seed(server_round, i)) for i in send
             ]
-            self.config["feature-tail"] = [int(d) for d in reply["features"][0].shape[1:]]
-            reply["digests"] = [recorded.digests[i] if i < len(recorded.digests) else "" for i in send]
+            self.config["feature-tail"] = [int(d) for d in reply[FEATURES][0].shape[1:]]
+            reply[DIGESTS] = [recorded.digests[i] if i < len(recorded.digests) else "" for i in send]
         model_seconds += time.perf_counter() - tick
         self._save_model()
-        if payload.get("finish"):
+        if payload.get(FINISH):
             self._finish_round(server_round)
-        if payload.get("test"):
+        if payload.get(TEST):
             tick = time.perf_counter()
             reply.update(self._test_features())
             model_seconds += time.perf_counter() - tick
         sched.flush_outputs()
         reply = encode_reply(private_features(reply, getattr(sched, "embedding_dp", None)), payload)  # DP, codecs
-        reply["time-model"] = model_seconds
-        reply["time-handler"] = time.perf_counter() - started
+        reply[TIME_MODEL] = model_seconds
+        reply[TIME_HANDLER] = time.perf_counter() - started
         return reply
 
     # ----- helpers -------------------------------------------------------------------------
     def _checked_gradients(self, payload: dict[str, Any], apply: list[Any], recorded: RecordedRound) -> list[np.ndarray]:
         """The host's gradients for batches ``apply``, all checked before any is applied."""
-        grads = payload.get("grads") or []
+        grads = payload.get(GRADS) or []
         if not isinstance(grads, list) or len(grads) != len(apply):
             raise ConfigError(f"'{self.key}': the host sent {len(grads)} gradients for batches {apply}")
         tail = self.config.get("feature-tail")
@@ -271,7 +300,7 @@ class VerticalCollaborator:
                 raise ConfigError(f"{self._name('iterate_test_feature')} must yield feature tensors")
             features.append(feats.detach().cpu().numpy())
             digests.append(ids_digest(self.salt, [str(i) for i in ids]) if ids is not None else "")
-        return {"test-features": features, "test-digests": digests}
+        return {TEST_FEATURES: features, TEST_DIGESTS: digests}
 
     def _load_model(self) -> None:
         sched = self.sched

@@ -25,6 +25,16 @@ from alphafed_flwr.api.log import logger
 from alphafed_flwr.api.scheduler import TaskComplete, call_user, guarded
 from alphafed_flwr.label_protection import GradientGuard, LabelProtection
 from alphafed_flwr.psi import PsiError, PsiParty, canonical_ids, run_psi
+from alphafed_flwr.strategies.protocol import (
+    CHECKPOINT_ROUNDS,
+    INTERSECTION_DIGEST,
+    RESTORE,
+    SALT,
+    SPLIT_DIGEST,
+    TASK,
+    TEST_SIZE,
+    TRAIN_SIZE,
+)
 from alphafed_flwr.strategies.split_learning import HostBatch, PayloadExchange, SplitLearning
 
 from .feature_replay import batch_seed, ids_digest
@@ -117,7 +127,7 @@ class VerticalHost:
     # ----- SplitLearningHost -----------------------------------------------------------
     def hello(self) -> dict[str, Any]:
         """The salt of the keyed digests (batch IDs, splits) for this run."""
-        return {"salt": self.salt, "task": self.settings.task_id}
+        return {SALT: self.salt, TASK: self.settings.task_id}
 
     def prepare(self, collaborators: dict[str, dict[str, Any]], exchange: PayloadExchange) -> int:
         """Resume if every party has the host's last checkpoint round, else run the PSI."""
@@ -143,11 +153,11 @@ class VerticalHost:
         train_ids, test_ids = check_split(self.feature_key, sched.train_ids, sched.test_ids)
         mine = split_digest(self.salt, train_ids, test_ids)
         for name, reply in replies.items():
-            if reply.get("split-digest") != mine:
+            if reply.get(SPLIT_DIGEST) != mine:
                 raise TaskFailed(
                     f"'{name}' splits the {len(common)} common IDs differently from the host "
                     f"(host: {len(train_ids)} train / {len(test_ids)} test; '{name}': "
-                    f"{reply.get('train-size')} / {reply.get('test-size')}): split_dataset must be "
+                    f"{reply.get(TRAIN_SIZE)} / {reply.get(TEST_SIZE)}): split_dataset must be "
                     "deterministic and the same on every party"
                 )
         self._intersection = [str(i) for i in common]
@@ -171,7 +181,7 @@ class VerticalHost:
         self._generator = iter(call_user(sched, "iterate_train_feature", sched.feature_model, sched.train_ids))
         extra: dict[str, Any] = {}
         if self._restore_round is not None:
-            extra["restore"] = self._restore_round
+            extra[RESTORE] = self._restore_round
             self._restore_round = None
         return extra
 
@@ -309,7 +319,7 @@ class VerticalHost:
         digest = ids_set_digest(self.salt, meta["intersection"])
         lacking = [
             k for k, info in collaborators.items()
-            if last not in list(info.get("checkpoint-rounds") or []) or info.get("intersection-digest") != digest
+            if last not in list(info.get(CHECKPOINT_ROUNDS) or []) or info.get(INTERSECTION_DIGEST) != digest
         ]
         if lacking:
             logger.warning(
