@@ -118,23 +118,74 @@ def test_object_pulls_bounded_in_time(restore_flower: None) -> None:
         utils.pull_objects(["a"], never)
 
 
-def test_simulation_poll_interval_takes_effect(restore_flower: None) -> None:
+class _LinkState:
+    """The two link-state methods the simulation's dispatcher and the grid use."""
+
+    def __init__(self) -> None:
+        self.messages: dict[int, list[str]] = {}
+
+    def store_message_ins(self, message: tuple[int, str]) -> str:
+        node_id, text = message
+        self.messages.setdefault(node_id, []).append(text)
+        return text
+
+    def get_message_ins(self, node_id: int, limit: int) -> list[str]:
+        taken, self.messages[node_id] = self.messages.get(node_id, [])[:limit], self.messages.get(node_id, [])[limit:]
+        return taken
+
+
+def test_simulation_dispatcher_wakes_on_push(restore_flower: None) -> None:
+    vce = importlib.import_module(compat.VCE_API)
+    compat.set_simulation_poll(600.0)  # the fallback scan would come after 10 minutes
+    state, box, stop = _LinkState(), queue.Queue(), threading.Event()
+    state.store_message_ins((7, "early-1"))
+    state.store_message_ins((7, "early-2"))
+    dispatcher = threading.Thread(target=vce.add_messages_to_queue, args=(state, box, {7: 0, 8: 1}, stop), daemon=True)
+    dispatcher.start()
+    # two queued for one node: both taken, one per scan, without waiting for the fallback
+    assert [box.get(timeout=60), box.get(timeout=60)] == ["early-1", "early-2"]
+    state.store_message_ins((8, "pushed"))  # the dispatcher is asleep now: the push wakes it
+    assert box.get(timeout=60) == "pushed"
+    stop.set()
+    state.store_message_ins((8, "wake to stop"))
+    dispatcher.join(60)
+    assert not dispatcher.is_alive()
+    assert "add_messages_to_queue" in vce.run_api.__code__.co_names  # run_api looks it up at call time
+
+
+def test_simulation_dispatcher_scans_every_interval_without_a_push(restore_flower: None) -> None:
     vce = importlib.import_module(compat.VCE_API)
     compat.set_simulation_poll(0.02)
-    stop = _RecordingEvent()
+    state, box, stop = _LinkState(), queue.Queue(), _RecordingEvent()
     _RecordingEvent.waits = []
+    scans = iter(range(2))  # the third scan asks to stop
 
-    class State:
-        def get_message_ins(self, node_id: int, limit: int) -> list[str]:
-            stop.set()  # one pass is enough
-            return [f"msg-{node_id}"]
+    def get_message_ins(node_id: int, limit: int) -> list[str]:
+        if next(scans, None) is None:
+            stop.set()
+        return []
 
-    box: queue.Queue[str] = queue.Queue()
-    stop.clear()
-    vce.add_messages_to_queue(State(), box, {7: 0}, stop)
-    assert box.get_nowait() == "msg-7"
-    assert _RecordingEvent.waits == [0.02]
-    assert "add_messages_to_queue" in vce.run_api.__code__.co_names  # run_api looks it up at call time
+    state.get_message_ins = get_message_ins  # type: ignore[method-assign]
+    pushed = compat._wake_on_push(state)  # pylint: disable=protected-access
+    recorded: list[float | None] = []
+    pushed.wait = lambda timeout=None: recorded.append(timeout) or False  # type: ignore[method-assign]
+    vce.add_messages_to_queue(state, box, {7: 0}, stop)
+    assert recorded == [0.02, 0.02, 0.02] and box.empty()
+    assert compat._wake_on_push(state) is pushed  # one event per state  # pylint: disable=protected-access
+    with pytest.raises(ValueError, match="> 0"):
+        compat.set_simulation_poll(0)
+
+
+def test_a_grid_not_storing_through_the_link_state_fails_the_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    grid = importlib.import_module(compat.INMEMORY_GRID).InMemoryGrid
+
+    def push_messages(self, messages):  # noqa: ANN001, ANN202 - a Flower that stores elsewhere
+        return [self.state.store_message(m) for m in messages]
+
+    monkeypatch.setattr(compat, "_passed", set())
+    monkeypatch.setattr(grid, "push_messages", push_messages)
+    with pytest.raises(compat.FlowerCompatError, match="store_message_ins"):
+        compat.set_simulation_poll(0.1)
 
 
 def test_auth_failure_lines_match_what_flower_logs() -> None:
@@ -198,3 +249,19 @@ def test_strategy_state_refuses_unknown_attributes() -> None:
         compat.set_strategy_state(FedAvg(), {"m_t": {"w": np.zeros(1)}})
     with pytest.raises(ValueError, match="unknown strategy state"):
         compat.set_strategy_state(FedAvg(), {"secret": {}})
+
+
+def test_the_simulation_command_dispatches_on_push_unless_told(monkeypatch: pytest.MonkeyPatch, restore_flower: None) -> None:
+    from alphafed_flwr.api.errors import ConfigError
+    from alphafed_flwr.simulation import engine
+
+    vce = importlib.import_module(compat.VCE_API)
+    flowers = vce.add_messages_to_queue
+    monkeypatch.setenv(engine.DISPATCH_ENV, "flower")
+    assert engine.dispatch_on_push() is False and vce.add_messages_to_queue is flowers
+    monkeypatch.setenv(engine.DISPATCH_ENV, "sometimes")
+    with pytest.raises(ConfigError, match="'push' .* or 'flower'"):
+        engine.dispatch_on_push()
+    monkeypatch.delenv(engine.DISPATCH_ENV)
+    assert engine.dispatch_on_push() is True and vce.add_messages_to_queue is not flowers
+    assert vce.add_messages_to_queue.__qualname__.startswith("set_simulation_poll")
