@@ -1,17 +1,42 @@
 """Private set intersection of sample IDs between the host and its collaborators.
 
-**Group and hash.** ristretto255 (RFC 9496), the prime-order group built on Curve25519,
-through libsodium (the ``rbcl`` binding). An ID ``x`` (compared as ``str(x)``, UTF-8) is
-mapped to ``H(x)`` by RFC 9380's ``hash_to_ristretto255`` (``expand_message_xmd`` with
-SHA-512, then RFC 9496's one-way map), a random oracle into the group. Blinding is scalar
-multiplication, which commutes: ``a(bH(x)) = b(aH(x))``. Keys are uniform nonzero scalars
-from ``secrets`` (the OS CSPRNG); every secret order is an argsort of CSPRNG keys.
+**Group and hash.** Curve25519 in X25519 form: a point is its 32-byte u-coordinate. An ID
+``x`` (compared as ``str(x)``, UTF-8) is encoded by RFC 9380's suite
+``curve25519_XMD:SHA-512_ELL2_NU_``: ``u = hash_to_field(x)`` (``expand_message_xmd``
+with SHA-512, 48 bytes reduced mod p), then Elligator 2 (``map_to_curve_elligator2``,
+Monocypher's ``crypto_elligator_map``) gives a point ``Q(x)`` *on the curve*, never on its
+twist. The suite's last step, ``clear_cofactor`` (times 8), is left to the first
+multiplication: X25519 clamps every key ``k`` to a multiple of 8, so ``x(kQ) = x(k'H(x))``
+with ``H(x) = 8Q(x)`` the suite's output, a point of the prime-order subgroup, and
+``k' = k/8``. Blinding is X25519 (libsodium's ``crypto_scalarmult_curve25519``); it
+commutes: ``x(a(bH)) = x(b(aH))``. Keys are 32 bytes from ``secrets`` (the OS CSPRNG); the
+effective keys ``k' = 2^251 + t`` (``t < 2^251``) are distinct and nonzero modulo the group
+order, so a key is uniform on half of the group's scalars. Every secret order is an argsort
+of CSPRNG keys.
+
+**Why this is sound.** Every value on the wire is ``x(kP)`` for a key ``k`` and a point
+``P`` of the prime-order subgroup (the clamping removed ``Q``'s small-order part), so it
+carries no twist or cofactor bit of ``H(x)``: the flaw of the earlier map (SHA-512 used as a
+u-coordinate directly lands on the twist half the time, and scalar multiplication keeps
+that visible). The comparison is exact: ``x(P) = x(P')`` only for ``P' = +-P``, and
+``x(kP)`` is a bijection of the subgroup's u-coordinates, so two blinded values are equal
+exactly when the IDs' ``H`` are equal up to sign, for distinct IDs a chance of about
+``2^-250`` per pair. ``H`` is RFC 9380's nonuniform encoding, not its random-oracle
+``hash_to_curve``: each subgroup point has a bounded number (at most 16) of preimages ``u``
+and Elligator 2 inverts efficiently, so a security reduction can program ``H`` with any
+challenge point re-randomized until it has a preimage (an expected factor 2 in running time),
+the standard argument for such weak encodings in Diffie-Hellman protocols. Points from a
+peer are checked to be canonical u-coordinates; they need no curve check, since X25519 is
+twist-secure and its clamped keys annihilate the small subgroups of both the curve and the
+twist (a small-order input gives the all-zero result, which is refused). A peer's bad point
+can therefore only spoil its own results.
 
 **Two parties** (host ``h`` with key ``a``, one collaborator ``c0`` with key ``b``): 4n
 multiplications. The host streams ``aH(x)`` (its IDs in a secret order) to ``c0``, which
 returns ``baH(x)`` chunk by chunk; ``c0`` streams ``bH(y)`` (its IDs in a secret order) to
 the host, which computes ``abH(y)``. Both directions share each message, and the host
-computes while ``c0`` does. The host compares the two lists, learns the intersection, and
+computes while ``c0`` does (the first message only asks for ``c0``'s first chunk, so both
+start at once). The host compares the two lists, learns the intersection, and
 sends ``c0`` the *positions* of the common elements in ``c0``'s list.
 
 **m >= 2 collaborators**: every party's set travels a chain of blinding hops (``c_k``: its
@@ -22,7 +47,7 @@ travel each chain backwards, each hop undoing its shuffle, until the owner resol
 
 **What each party learns** (semi-honest parties that do not collude): the intersection and
 every set's size; the host also the sizes of the intersections between any parties' sets
-when m >= 2. Messages carry group elements and positions only: no ID, no ``H(x)``.
+when m >= 2. Messages carry blinded points and positions only: no ID, no ``Q(x)`` or ``H(x)``.
 
 **What a collaborator enforces** (``collaborator_step``) against a host that deviates: one
 ``start`` per task; the set sizes announced once, its own size matching; only the chains
@@ -50,12 +75,14 @@ from alphafed_flwr.psi_core import (
     PsiRefused,
     canonical_ids,
     expand_message_xmd,
+    hash_to_field,
     hash_to_point,
+    map_to_curve,
     multiply,
 )
 from alphafed_flwr.psi_host import run_psi
 
 __all__ = [
     "CHUNK", "DST", "PsiError", "PsiParty", "PsiRefused", "canonical_ids", "collaborator_step",
-    "expand_message_xmd", "hash_to_point", "multiply", "run_psi",
+    "expand_message_xmd", "hash_to_field", "hash_to_point", "map_to_curve", "multiply", "run_psi",
 ]

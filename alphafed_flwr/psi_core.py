@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import hashlib
 import json
@@ -12,17 +13,20 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-DST = b"ALPHAFED-FLWR-PSI-V02-CS01-with-ristretto255_XMD:SHA-512_R255MAP_RO_"
-POINT_SIZE = 32
+DST = b"ALPHAFED-FLWR-PSI-V03-CS01-with-curve25519_XMD:SHA-512_ELL2_NU_"
+FIELD_PRIME = 2**255 - 19
+POINT_SIZE = 32  # an X25519 u-coordinate, little-endian
+KEY_SIZE = 32  # an X25519 private key (clamped by X25519 itself)
 CHUNK = 1 << 17  # points per message: 4 MiB
 HOST_CHAIN = "h"
 WORKERS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 _XMD_PAD = hashlib.sha512(bytes(128))  # expand_message_xmd's Z_pad block, hashed once
+_FIELD_LENGTH = 48  # RFC 9380 hash_to_field's L for curve25519
+_PRIME_BYTES = FIELD_PRIME.to_bytes(POINT_SIZE, "little")
 
 
 class PsiError(RuntimeError):
@@ -35,22 +39,38 @@ class PsiRefused(PsiError):
 
 # ----- group, hash, randomness -----------------------------------------------------------
 @functools.cache
-def _group() -> ModuleType:
-    """libsodium's ristretto255, loaded once (rbcl writes its library to a temporary file,
-    which can be removed once it is mapped)."""
-    import rbcl  # pylint: disable=import-outside-toplevel
+def _x25519() -> Callable[..., int]:
+    """libsodium's ``crypto_scalarmult_curve25519`` from the library that ``rbcl`` bundles,
+    called through ctypes (which releases the GIL, so threads use every core). rbcl writes
+    its library to a temporary file, which can be removed once it is mapped."""
+    import rbcl  # noqa: F401  # pylint: disable=import-outside-toplevel,unused-import
 
+    module = sys.modules["rbcl._sodium"]
     if os.name == "posix":
         with contextlib.suppress(AttributeError, OSError):
-            os.unlink(sys.modules["rbcl._sodium"].lib_path)
-    return rbcl
+            os.unlink(module.lib_path)
+    try:
+        function = module._sodium["crypto_scalarmult_curve25519"]  # pylint: disable=protected-access
+    except (AttributeError, KeyError) as exc:
+        raise PsiError(f"rbcl's libsodium has no crypto_scalarmult_curve25519 ({exc}): reinstall rbcl>=1.1,<2") from None
+    function.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+    function.restype = ctypes.c_int
+    return function
+
+
+@functools.cache
+def _elligator_map() -> Callable[[bytes], bytes]:
+    """Monocypher's Elligator 2 map to Curve25519 (``crypto_elligator_map``, pymonocypher)."""
+    import monocypher  # pylint: disable=import-outside-toplevel
+
+    return monocypher.elligator_map
 
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 
 
 def _pool() -> ThreadPoolExecutor:
-    """Threads for the group operations (libsodium runs outside the GIL, so they use every
+    """Threads for the multiplications (libsodium runs outside the GIL, so they use every
     core); one pool per process, so a forked child never waits on its parent's threads."""
     pid = os.getpid()
     if pid not in _POOLS:
@@ -75,6 +95,18 @@ def expand_message_xmd(msg: bytes, dst: bytes, length: int) -> bytes:
     return b"".join(blocks)[:length]
 
 
+def hash_to_field(msg: bytes, dst: bytes = DST) -> int:
+    """RFC 9380 section 5.2 ``hash_to_field(msg, 1)`` for curve25519: one element of GF(p)."""
+    return int.from_bytes(expand_message_xmd(msg, dst, _FIELD_LENGTH), "big") % FIELD_PRIME
+
+
+def map_to_curve(u: int) -> bytes:
+    """RFC 9380 section 6.7.1 ``map_to_curve_elligator2`` for curve25519 (Z = 2): the
+    u-coordinate of the point, by Monocypher. Monocypher reads 254-bit representatives,
+    and the map depends on ``u**2`` only, so ``u`` and ``p - u`` give the same point."""
+    return _elligator_map()(min(u, FIELD_PRIME - u).to_bytes(POINT_SIZE, "little"))
+
+
 def encode_id(sample_id: Any, position: int = 0) -> bytes:
     """``str(sample_id)`` as UTF-8; an unencodable ID is a ``PsiError`` naming its position."""
     try:
@@ -87,16 +119,16 @@ def encode_id(sample_id: Any, position: int = 0) -> bytes:
 
 
 def hash_to_point(sample_id: Any) -> bytes:
-    """RFC 9380 ``hash_to_ristretto255`` of ``str(sample_id)`` (32 bytes)."""
-    return _group().crypto_core_ristretto255_from_hash(expand_message_xmd(encode_id(sample_id), DST, 64))
+    """The curve point of ``str(sample_id)`` (32 bytes, a u-coordinate): RFC 9380's
+    ``curve25519_XMD:SHA-512_ELL2_NU_`` encoding before its cofactor clearing, which the
+    first (clamped) X25519 multiplication does (see ``alphafed_flwr.psi``)."""
+    return map_to_curve(hash_to_field(encode_id(sample_id)))
 
 
 def new_key() -> bytes:
-    """A uniform nonzero scalar: 64 CSPRNG bytes reduced mod the group order."""
-    while True:
-        key = _group().crypto_core_ristretto255_scalar_reduce(secrets.token_bytes(64))
-        if any(key):
-            return key
+    """An X25519 private key: 32 CSPRNG bytes (X25519 clamps them: bit 254 set, the three
+    low bits and bit 255 cleared, so the key is never zero)."""
+    return secrets.token_bytes(KEY_SIZE)
 
 
 def permutation(size: int) -> np.ndarray:
@@ -105,47 +137,61 @@ def permutation(size: int) -> np.ndarray:
     return np.argsort(keys, kind="stable").astype(np.int64)
 
 
-def _in_parallel(work: Callable[[Any], bytes], items: list[Any]) -> np.ndarray:
-    """``work`` over contiguous slices of ``items`` on every core, as an (n, 32) array."""
-    step = -(-len(items) // WORKERS) if items else 1
-    parts = list(_pool().map(work, [items[i : i + step] for i in range(0, len(items), step)]))
-    return np.frombuffer(b"".join(parts), dtype=np.uint8).reshape(-1, POINT_SIZE).copy()
-
-
 def _hash_all(ids: list[str]) -> np.ndarray:
-    group = _group()
+    """``hash_to_point`` of many IDs, in this thread: the map holds the GIL, and threads
+    running it beside the multiplications would stall them."""
+    elligator, prime, dst_prime = _elligator_map(), FIELD_PRIME, DST + bytes([len(DST)])
+    suffix = _FIELD_LENGTH.to_bytes(2, "big") + b"\0" + dst_prime
+    second = b"\1" + dst_prime
+    pad, sha512 = _XMD_PAD.copy, hashlib.sha512
+    out = []
+    for sample_id in ids:  # expand_message_xmd with one block, inlined: this is the hot loop
+        first = pad()
+        first.update(sample_id.encode() + suffix)
+        u = int.from_bytes(sha512(first.digest() + second).digest()[:_FIELD_LENGTH], "big") % prime
+        out.append(elligator(min(u, prime - u).to_bytes(POINT_SIZE, "little")))
+    return np.frombuffer(b"".join(out), dtype=np.uint8).reshape(-1, POINT_SIZE)
 
-    def work(part: list[str]) -> bytes:
-        return b"".join(
-            group.crypto_core_ristretto255_from_hash(expand_message_xmd(i.encode(), DST, 64)) for i in part
-        )
 
-    return _in_parallel(work, ids)
+def _canonical(points: np.ndarray) -> np.ndarray:
+    """Rows that encode a u-coordinate below p with bit 255 clear (X25519 would quietly
+    reduce the others, so two encodings could name one point)."""
+    top = points[:, -1].astype(np.int64)
+    at_least_p = (top == 0x7F) & (points[:, 1:-1] == 0xFF).all(axis=1) & (points[:, 0] >= _PRIME_BYTES[0])
+    return (top < 0x80) & ~at_least_p
 
 
 def multiply(key: bytes, points: np.ndarray) -> np.ndarray:
-    """``key * P`` for every row of an (n, 32) array; rejects non-canonical encodings and
-    the identity with ``PsiError``."""
+    """X25519 of ``key`` with every row of an (n, 32) array, on every core; a non-canonical
+    encoding or a point of small order (X25519's all-zero result) is a ``PsiError``."""
+    if not isinstance(key, bytes) or len(key) != KEY_SIZE:
+        raise PsiError(f"an X25519 key is {KEY_SIZE} bytes")
     points = as_points(points)
-    data = points.tobytes()
-    mult = _group().crypto_scalarmult_ristretto255
+    if not _canonical(points).all():
+        raise PsiError("a list holds a non-canonical u-coordinate: not an X25519 point")
+    out = np.empty_like(points)
+    x25519, source, target, total = _x25519(), points.ctypes.data, out.ctypes.data, points.size
 
-    def work(offsets: list[int]) -> bytes:
-        try:
-            return b"".join(mult(key, data[i : i + POINT_SIZE]) for i in offsets)
-        except RuntimeError:
-            raise PsiError("a list holds something that is not a ristretto255 group element") from None
+    def work(span: range) -> bool:
+        failed = 0
+        for offset in span:
+            failed |= x25519(target + offset, key, source + offset)
+        return failed == 0
 
-    return _in_parallel(work, list(range(0, len(data), POINT_SIZE)))
+    step = POINT_SIZE * max(1, -(-len(points) // WORKERS))
+    spans = [range(lo, min(lo + step, total), POINT_SIZE) for lo in range(0, total, step)]
+    if not all(_pool().map(work, spans)):
+        raise PsiError("a list holds a point of small order (X25519 gave the all-zero result)")
+    return out
 
 
 def as_points(points: Any, count: int | None = None) -> np.ndarray:
     """``points`` as a C-contiguous (n, 32) uint8 array (``n == count`` if given), else ``PsiError``."""
     if not isinstance(points, np.ndarray) or points.dtype != np.uint8 or points.shape[1:] != (POINT_SIZE,):
         shape = getattr(points, "shape", type(points).__name__)
-        raise PsiError(f"expected an (n, {POINT_SIZE}) uint8 array of group elements, got {shape}")
+        raise PsiError(f"expected an (n, {POINT_SIZE}) uint8 array of curve points, got {shape}")
     if count is not None and len(points) != count:
-        raise PsiError(f"expected {count} group elements, got {len(points)}")
+        raise PsiError(f"expected {count} curve points, got {len(points)}")
     return np.ascontiguousarray(points)
 
 
@@ -192,7 +238,8 @@ class PsiParty:
         """Positions ``start:stop`` of this party's own list, hashed and blinded with its keys."""
         if self.order is None:
             raise PsiError("own_points() before new_order()")
-        points = _hash_all([self.ids[i] for i in self.order[start:stop]])
+        ids = self.ids
+        points = _hash_all([ids[i] for i in self.order[start:stop].tolist()])
         for index in key_indices:
             points = self.blind(points, index)
         return points

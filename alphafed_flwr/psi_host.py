@@ -80,7 +80,7 @@ def _reply(replies: Mapping[str, Any], name: str) -> Mapping[str, Any]:
 
 
 def _part(reply: Mapping[str, Any], key: str, chain: str, count: int, name: str) -> np.ndarray:
-    """``reply[key][chain]``: ``count`` group elements."""
+    """``reply[key][chain]``: ``count`` curve points."""
     parts = reply.get(key)
     if not isinstance(parts, Mapping) or chain not in parts:
         raise PsiError(f"'{name}' sent no '{key}' for chain '{chain}'")
@@ -99,25 +99,28 @@ def _elements(points: np.ndarray) -> np.ndarray:
 def _two_parties(
     host: PsiParty, names: list[str], exchange: Exchange, sizes: dict[str, int], chunk: int
 ) -> tuple[list[str], dict[str, dict[str, Any]]]:
-    """4n multiplications; every message carries a chunk each way, and the host computes
-    its next chunks while the collaborator computes its own."""
+    """4n multiplications. The first message asks only for the collaborator's first chunk,
+    so both parties compute at once from the start; every later message carries the host's
+    previous chunk to blind and asks for the collaborator's next one, while the host blinds
+    the chunk it just received and computes its next own chunk."""
     name, n_h, n_c = names[0], sizes[HOST_CHAIN], sizes["c0"]
     ours: list[np.ndarray] = []  # b a H(x), host order
     theirs: list[Future[np.ndarray]] = []  # a b H(y), collaborator's order
     ahead = ThreadPoolExecutor(1, thread_name_prefix="psi-host")
     try:
-        next_own = ahead.submit(host.own_points, 0, min(chunk, n_h), [0])
-        sent_h = sent_c = 0
+        pending = ahead.submit(host.own_points, 0, min(chunk, n_h), [0]) if n_h else None
+        made_h = min(chunk, n_h)
+        sent_c = 0
         request: dict[str, Any] = {"sizes": sizes}
-        steps = max(-(-n_h // chunk), -(-n_c // chunk), 1)
+        steps = max(-(-n_h // chunk) + 1 if n_h else 1, -(-n_c // chunk))
         for step in range(1, steps + 1):
             logger.info("Private set intersection: exchange %d/%d", step, steps)
-            if sent_h < n_h:
-                own = next_own.result()
-                request["blind"] = {HOST_CHAIN: own}
-                sent_h += len(own)
-                if sent_h < n_h:
-                    next_own = ahead.submit(host.own_points, sent_h, min(sent_h + chunk, n_h), [0])
+            if step > 1 and pending is not None:
+                request["blind"] = {HOST_CHAIN: pending.result()}
+                pending = None
+                if made_h < n_h:
+                    pending = ahead.submit(host.own_points, made_h, min(made_h + chunk, n_h), [0])
+                    made_h = min(made_h + chunk, n_h)
             asked = min(chunk, n_c - sent_c)
             if asked:
                 request["own"] = asked
@@ -140,7 +143,7 @@ def _common(lists: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndar
     """Positions of the elements common to every list (the host's chain first)."""
     elements = {chain: _elements(points) for chain, points in lists.items()}
     if any(len(np.unique(e)) != len(e) for e in elements.values()):
-        raise PsiError("a fully blinded list repeats an element: a party sent duplicate group elements")
+        raise PsiError("a fully blinded list repeats an element: a party sent duplicate points")
     shared = functools.reduce(np.intersect1d, elements.values())
     positions = {chain: np.flatnonzero(np.isin(e, shared)) for chain, e in elements.items()}
     return positions[HOST_CHAIN], positions

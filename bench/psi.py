@@ -4,20 +4,20 @@ Flower's SuperLink and SuperNode), against the limit measured in the same run.
 
     python bench/psi.py [--ids 1000000] [--rate-seconds 8] [--in-process IDS]
 
-The two-party protocol takes 4n scalar multiplications (n = IDs per party: each party
-blinds its own list and the other's). The limit is 4n divided by the rate of raw scalar
+The two-party protocol takes 4n X25519 multiplications (n = IDs per party: each party
+blinds its own list and the other's). The limit is 4n divided by the rate of raw X25519
 multiplications on both cores (two processes at once), measured just before and just after
-the PSI; the figure is their mean. Two limits are printed: with X25519 (``cryptography``),
-the issue's yardstick, and with ristretto255 (libsodium through ``rbcl``), the group the PSI
-uses (a standard hash to the group needs it; see the README). The PSI time is the host's
-own log line (start to the last reply); memory is the peak, sampled every 0.5 s, of the
-resident set sizes summed over each side's process tree (psutil). On a shared machine the
-wall-time ratio moves with other people's load, so the bench also prints the CPU seconds
-both parties' process trees spent during the PSI against the CPU seconds 4n bare
-multiplications take (rates per CPU second, same measurements). ``--in-process IDS`` also
-runs the protocol with both parties in this process (messages through the payload codec, no
-transport): its CPU seconds against bare multiplications are the protocol's own overhead.
-The task is ``bench/psi_task.py``; messages carry chunks of ``alphafed_flwr.psi.CHUNK`` points.
+the PSI (their mean), with two implementations: OpenSSL through ``cryptography`` (prebuilt
+key objects) and libsodium through ctypes (the PSI's own call); the limit takes the faster.
+The PSI time is the host's own log line (start to the last reply); memory is the peak,
+sampled every 0.5 s, of the resident set sizes summed over each side's process tree
+(psutil). On a shared machine the wall-time ratio moves with other people's load, so the
+bench also prints the load average and the CPU seconds both parties' process trees spent
+during the PSI against the CPU seconds of 4n raw multiplications (rates per CPU second, same
+measurements). ``--in-process IDS`` also runs the protocol with both parties in this process
+(messages through the payload codec, no transport): its CPU seconds against raw
+multiplications are the protocol's own overhead, hashing included. The task is
+``bench/psi_task.py``; messages carry chunks of ``alphafed_flwr.psi.CHUNK`` points.
 
     python bench/psi.py --in-process 100000 --no-deployment
 """
@@ -42,23 +42,29 @@ import psutil
 from common import ROOT
 
 TASK = "bench/psi_task.py"
+KINDS = ("openssl", "libsodium")
 
 
 def _multiply_for(kind: str, seconds: float, out: Any) -> None:
-    """One process: scalar multiplications of ``kind`` for ``seconds``; puts the rate."""
-    if kind == "x25519":
+    """One process: raw X25519 multiplications for ``seconds``; puts the rate (per wall
+    second, per CPU second). ``openssl``: ``cryptography``'s X25519 with prebuilt key
+    objects; ``libsodium``: ``crypto_scalarmult_curve25519`` through ctypes, as the PSI calls it."""
+    if kind == "openssl":
         from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey  # noqa: PLC0415
 
         key = X25519PrivateKey.generate()
         peers = [X25519PrivateKey.generate().public_key() for _ in range(256)]
         step = lambda: [key.exchange(p) for p in peers]  # noqa: E731
     else:
-        from alphafed_flwr.psi import hash_to_point  # noqa: PLC0415
-        from alphafed_flwr.psi_core import _group, new_key  # noqa: PLC0415
+        import numpy as np  # noqa: PLC0415
 
-        mult, key = _group().crypto_scalarmult_ristretto255, new_key()
-        points = [hash_to_point(i) for i in range(256)]
-        step = lambda: [mult(key, p) for p in points]  # noqa: E731
+        from alphafed_flwr.psi_core import _hash_all, _x25519, new_key  # noqa: PLC0415
+
+        x25519, key = _x25519(), new_key()
+        points = _hash_all([str(i) for i in range(256)])
+        result = np.empty_like(points)
+        source, target = points.ctypes.data, result.ctypes.data
+        step = lambda: [x25519(target + o, key, source + o) for o in range(0, 256 * 32, 32)]  # noqa: E731
     done, start, cpu = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds:
         step()
@@ -74,10 +80,10 @@ def rate(kind: str, seconds: float, cores: int = 2) -> tuple[float, float]:
     procs = [ctx.Process(target=_multiply_for, args=(kind, seconds, queue)) for _ in range(cores)]
     for proc in procs:
         proc.start()
-    rates = [queue.get(timeout=seconds + 120) for _ in procs]
+    measured = [queue.get(timeout=seconds + 120) for _ in procs]
     for proc in procs:
         proc.join()
-    return sum(r[0] for r in rates), sum(r[1] for r in rates) / cores
+    return sum(r[0] for r in measured), sum(r[1] for r in measured) / cores
 
 
 def tree(pid: int, measure: Any) -> float:
@@ -182,6 +188,24 @@ def in_process(ids: int) -> dict[str, Any]:
             "in_process_cpu_seconds": time.process_time() - cpu_start}
 
 
+def rates(seconds: float) -> dict[str, tuple[float, float]]:
+    return {kind: rate(kind, seconds) for kind in KINDS}
+
+
+def limit(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, Any]:
+    """Mean rates per implementation, and the faster one's (per wall and per CPU second)."""
+    out: dict[str, Any] = {}
+    for kind in KINDS:
+        out[f"x25519_{kind}_rate_both_cores"] = (before[kind][0] + after[kind][0]) / 2
+        out[f"x25519_{kind}_rate_spread"] = [before[kind][0], after[kind][0]]
+        out[f"x25519_{kind}_rate_per_cpu_second"] = (before[kind][1] + after[kind][1]) / 2
+    fastest = max(KINDS, key=lambda k: out[f"x25519_{k}_rate_both_cores"])
+    out["x25519_fastest"] = fastest
+    out["x25519_rate_both_cores"] = out[f"x25519_{fastest}_rate_both_cores"]
+    out["x25519_rate_per_cpu_second"] = max(out[f"x25519_{k}_rate_per_cpu_second"] for k in KINDS)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ids", type=int, default=1_000_000, help="IDs per party (half in common)")
@@ -192,46 +216,42 @@ def main() -> None:
     parser.add_argument("--no-deployment", action="store_true", help="skip the loopback deployment")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="psi-bench-"))
-    before = {k: rate(k, args.rate_seconds) for k in ("x25519", "ristretto255")}
+    load_before = os.getloadavg()
+    before = rates(args.rate_seconds)
     local = in_process(args.in_process) if args.in_process else {}
-    if args.no_deployment:
-        after = {k: rate(k, args.rate_seconds) for k in ("x25519", "ristretto255")}
-        print(json.dumps({**local, "rates_before": before, "rates_after": after}, indent=1))
-        if local:
-            per_cpu = (before["ristretto255"][1] + after["ristretto255"][1]) / 2
-            bare = 4 * args.in_process / per_cpu
-            print(f"README: in process, {args.in_process:,} x {args.in_process:,} IDs: "
-                  f"{local['in_process_cpu_seconds']:.1f} CPU s = {local['in_process_cpu_seconds'] / bare:.2f}x "
-                  f"the CPU seconds of 4n bare ristretto255 multiplications ({per_cpu:,.0f} per CPU second)")
-        return
-    run = deploy(args.ids, out)
-    after = {k: rate(k, args.rate_seconds) for k in ("x25519", "ristretto255")}
-    mults = 4 * args.ids
-    result: dict[str, Any] = {"ids": args.ids, "multiplications": mults, **run, **local}
-    for kind in before:
-        both = (before[kind][0] + after[kind][0]) / 2
-        per_cpu = (before[kind][1] + after[kind][1]) / 2
-        result[f"{kind}_rate_both_cores"] = both
-        result[f"{kind}_rate_spread"] = [before[kind][0], after[kind][0]]
-        result[f"limit_{kind}_s"] = mults / both
-        result[f"ratio_{kind}"] = run["psi_seconds"] / (mults / both)
-        result[f"{kind}_rate_per_cpu_second"] = per_cpu
-        result[f"cpu_ratio_{kind}"] = run["psi_cpu_seconds"] / (mults / per_cpu)
-    if run["common"] != args.ids // 2:
-        raise RuntimeError(f"{run['common']} common IDs, expected {args.ids // 2}")
+    run = {} if args.no_deployment else deploy(args.ids, out)
+    after = rates(args.rate_seconds)
+    result: dict[str, Any] = {**limit(before, after), **local, **run,
+                              "load_average_before": load_before, "load_average_after": os.getloadavg()}
+    per_cpu = result["x25519_rate_per_cpu_second"]
+    load = f"load average {load_before[0]:.1f} before, {result['load_average_after'][0]:.1f} after"
+    if local:
+        mults = 4 * args.in_process
+        result["in_process_cpu_ratio"] = local["in_process_cpu_seconds"] / (mults / per_cpu)
+    if run:
+        mults = 4 * args.ids
+        if run["common"] != args.ids // 2:
+            raise RuntimeError(f"{run['common']} common IDs, expected {args.ids // 2}")
+        result.update(ids=args.ids, multiplications=mults, limit_s=mults / result["x25519_rate_both_cores"])
+        result["ratio"] = run["psi_seconds"] / result["limit_s"]
+        result["cpu_ratio"] = run["psi_cpu_seconds"] / (mults / per_cpu)
     print(json.dumps(result, indent=1))
-    print(
-        f"README: PSI {args.ids:,} x {args.ids:,} IDs (50% common), loopback deployment: "
-        f"{run['psi_seconds']:.1f} s = {result['ratio_ristretto255']:.2f}x the ristretto255 limit "
-        f"({result['limit_ristretto255_s']:.1f} s: 4n / "
-        f"{result['ristretto255_rate_both_cores']:,.0f} per s on 2 cores), "
-        f"{result['ratio_x25519']:.2f}x the X25519 limit ({result['limit_x25519_s']:.1f} s: 4n / "
-        f"{result['x25519_rate_both_cores']:,.0f} per s); peak RSS host {run['peak_rss_gb_host']:.2f} GB, "
-        f"collaborator {run['peak_rss_gb_collaborator']:.2f} GB (together {run['peak_rss_gb_both']:.2f} GB); "
-        f"CPU seconds of both parties during the PSI {run['psi_cpu_seconds']:.0f} = "
-        f"{result['cpu_ratio_ristretto255']:.2f}x (ristretto255) / {result['cpu_ratio_x25519']:.2f}x (X25519) "
-        f"the CPU seconds of 4n bare multiplications; whole run {run['wall']:.0f} s"
-    )
+    if local:
+        print(f"README: in process, {args.in_process:,} x {args.in_process:,} IDs: "
+              f"{local['in_process_cpu_seconds']:.1f} CPU s = {result['in_process_cpu_ratio']:.2f}x the CPU "
+              f"seconds of 4n raw X25519 multiplications ({per_cpu:,.0f} per CPU second); {load}")
+    if run:
+        print(
+            f"README: PSI {args.ids:,} x {args.ids:,} IDs (50% common), loopback deployment: "
+            f"{run['psi_seconds']:.1f} s = {result['ratio']:.2f}x the X25519 limit ({result['limit_s']:.1f} s: "
+            f"4n / {result['x25519_rate_both_cores']:,.0f} raw X25519 per s on 2 cores, "
+            f"{result['x25519_fastest']}; OpenSSL {result['x25519_openssl_rate_both_cores']:,.0f}, "
+            f"libsodium {result['x25519_libsodium_rate_both_cores']:,.0f}); peak RSS host "
+            f"{run['peak_rss_gb_host']:.2f} GB, collaborator {run['peak_rss_gb_collaborator']:.2f} GB "
+            f"(together {run['peak_rss_gb_both']:.2f} GB); CPU seconds of both parties during the PSI "
+            f"{run['psi_cpu_seconds']:.0f} = {result['cpu_ratio']:.2f}x those of 4n raw multiplications; "
+            f"whole run {run['wall']:.0f} s; {load}"
+        )
 
 
 if __name__ == "__main__":

@@ -3,9 +3,11 @@ protocol state (no blinding oracle), randomness, and fuzzed requests and replies
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import logging
 import random
+import secrets
 import sys
 from collections.abc import Callable
 from itertools import permutations
@@ -30,11 +32,13 @@ from alphafed_flwr.psi import (
     PsiRefused,
     collaborator_step,
     expand_message_xmd,
+    hash_to_field,
     hash_to_point,
+    map_to_curve,
     multiply,
     run_psi,
 )
-from alphafed_flwr.psi_core import POINT_SIZE, new_key, permutation
+from alphafed_flwr.psi_core import FIELD_PRIME, POINT_SIZE, new_key, permutation
 from alphafed_flwr.strategies.payload import decode, encode
 
 Exchange = Callable[[dict[str, dict[str, Any]]], dict[str, dict[str, Any]]]
@@ -120,12 +124,15 @@ def test_unicode_ids_intersect_and_unencodable_ones_are_named() -> None:
 def forbidden(sample_id: str) -> dict[str, bytes]:
     """Every value derived from an ID without a key: none may ever be on the wire."""
     text = sample_id.encode()
-    uniform = expand_message_xmd(text, DST, 64)
+    u = hash_to_field(text)
     return {
         "raw ID": text,
         "ID as UTF-16": sample_id.encode("utf-16-le"),
-        "hash_to_point (unblinded group element)": hash_to_point(sample_id),
-        "expand_message_xmd output": uniform,
+        "hash_to_point (unblinded Elligator 2 point)": hash_to_point(sample_id),
+        "the suite's cofactor-cleared point": cleared(u),
+        "hash_to_field output": u.to_bytes(32, "little"),
+        "expand_message_xmd output": expand_message_xmd(text, DST, 48),
+        "expand_message_xmd, 64 bytes": expand_message_xmd(text, DST, 64),
         "SHA-256": hashlib.sha256(text).digest(),
         "SHA-256 hex": hashlib.sha256(text).hexdigest().encode(),
         "SHA-512": hashlib.sha512(text).digest(),
@@ -163,39 +170,138 @@ def test_a_chunk_is_one_flower_array_chunk() -> None:
 
 
 # ----- the group and the hash -------------------------------------------------------------
-def test_expand_message_xmd_and_the_one_way_map_match_the_rfcs() -> None:
-    # RFC 9380 K.3 (expand_message_xmd, SHA-512), RFC 9496 A.3 (the one-way map)
+def sodium() -> Any:
+    """The libsodium that rbcl bundles (libsodium's Edwards arithmetic checks our route)."""
+    psi_core._x25519()  # pylint: disable=protected-access
+    return sys.modules["rbcl._sodium"]._sodium  # pylint: disable=protected-access
+
+
+def edwards_y(u: int) -> int:
+    return (u - 1) * pow(u + 1, -1, FIELD_PRIME) % FIELD_PRIME
+
+
+def montgomery_u(edwards: bytes) -> int:
+    y = int.from_bytes(edwards, "little") & ((1 << 255) - 1)
+    return (1 + y) * pow(1 - y, -1, FIELD_PRIME) % FIELD_PRIME
+
+
+def cleared(u: int) -> bytes:
+    """x(8 Q(u)) by libsodium's own Elligator 2 (``crypto_core_ed25519_from_uniform``, which
+    clears the cofactor on edwards25519), through RFC 7748's birational map."""
+    out = ctypes.create_string_buffer(32)
+    sodium().crypto_core_ed25519_from_uniform(out, u.to_bytes(32, "little"))
+    return montgomery_u(out.raw).to_bytes(32, "little")
+
+
+def times_key_over_8(key: bytes, point: bytes) -> bytes:
+    """x((k / 8) P) for a point P of the prime-order subgroup and the clamped key k, by
+    libsodium's unclamped edwards25519 multiplication (which also checks P's subgroup)."""
+    clamped = int.from_bytes(key, "little") & ~7 & ((1 << 255) - 1) | (1 << 254)
+    edwards = edwards_y(int.from_bytes(point, "little")).to_bytes(32, "little")
+    out = ctypes.create_string_buffer(32)
+    assert sodium().crypto_scalarmult_ed25519_noclamp(out, (clamped // 8).to_bytes(32, "little"), edwards) == 0
+    return montgomery_u(out.raw).to_bytes(32, "little")
+
+
+# RFC 9380 appendix J.4.2, curve25519_XMD:SHA-512_ELL2_NU_: msg, u[0], Q.x, P.x (big-endian)
+J42 = [
+    ("", "608d892b641f0328523802a6603427c26e55e6f27e71a91a478148d45b5093cd",
+     "51125222da5e763d97f3c10fcc92ea6860b9ccbbd2eb1285728f566721c1e65b",
+     "1bb913f0c9daefa0b3375378ffa534bda5526c97391952a7789eb976edfe4d08"),
+    ("abc", "46f5b22494bfeaa7f232cc8d054be68561af50230234d7d1d63d1d9abeca8da5",
+     "7d56d1e08cb0ccb92baf069c18c49bb5a0dcd927eff8dcf75ca921ef7f3e6eeb",
+     "7c22950b7d900fa866334262fcaea47a441a578df43b894b4625c9b450f9a026"),
+    ("abcdef0123456789", "235fe40c443766ce7e18111c33862d66c3b33267efa50d50f9e8e5d252a40aaa",
+     "3fbe66b9c9883d79e8407150e7c2a1c8680bee496c62fabe4619a72b3cabe90f",
+     "31ad08a8b0deeb2a4d8b0206ca25f567ab4e042746f792f4b7973f3ae2096c52"),
+    ("q128_" + "q" * 128, "001e92a544463bda9bd04ddbe3d6eed248f82de32f522669efc5ddce95f46f5b",
+     "227e0bb89de700385d19ec40e857db6e6a3e634b1c32962f370d26f84ff19683",
+     "027877759d155b1997d0d84683a313eb78bdb493271d935b622900459d52ceaa"),
+    ("a512_" + "a" * 512, "1a68a1af9f663592291af987203393f707305c7bac9c8d63d6a729bdc553dc19",
+     "3bcd651ee54d5f7b6013898aab251ee8ecc0688166fce6e9548d38472f6bd196",
+     "5fd892c0958d1a75f54c3182a18d286efab784e774d1e017ba2fb252998b5dc1"),
+]
+
+
+def little(hex_be: str) -> bytes:
+    return int(hex_be, 16).to_bytes(32, "little")
+
+
+def test_expand_message_xmd_matches_rfc_9380() -> None:
+    # RFC 9380 K.3 (expand_message_xmd, SHA-512)
     dst = b"QUUX-V01-CS02-with-expander-SHA512-256"
     expected = "6b9a7312411d92f921c6f68ca0b6380730a1a4d982c507211a90964c394179ba"
     assert expand_message_xmd(b"", dst, 0x20).hex() == expected
-    uniform = bytes.fromhex(
-        "5d1be09e3d0c82fc538112490e35701979d99e06ca3e2b5b54bffe8b4dc772c1"
-        "4d98b696a1bbfb5ca32c436cc61c16563790306c79eaca7705668b47dffe5bb6"
-    )
-    point = psi_core._group().crypto_core_ristretto255_from_hash(uniform)  # pylint: disable=protected-access
-    assert point.hex() == "3066f82a1a747d45120d1740f14358531a8f04bbffe6a819f86dfe50f44a0a46"
+
+
+@pytest.mark.parametrize(("msg", "u0", "qx", "px"), J42, ids=[v[0][:8] or "empty" for v in J42])
+def test_the_hash_is_rfc_9380_curve25519_nu_and_x25519_clears_its_cofactor(
+    msg: str, u0: str, qx: str, px: str
+) -> None:
+    """RFC 9380 J.4.2 known answers: hash_to_field gives u[0], our map gives Q, and a clamped
+    X25519 multiplication of Q equals x((k/8) P) for the suite's output P = 8Q (checked with
+    libsodium's edwards25519 arithmetic, which also confirms P's prime-order subgroup)."""
+    dst = b"QUUX-V01-CS02-with-curve25519_XMD:SHA-512_ELL2_NU_"
+    u = hash_to_field(msg.encode(), dst)
+    assert u == int(u0, 16)
+    q = map_to_curve(u)
+    assert q == little(qx)
+    assert cleared(u) == little(px)  # libsodium's route to the suite's output agrees
+    key = new_key()
+    points = np.frombuffer(q, dtype=np.uint8).reshape(1, 32)
+    assert multiply(key, points).tobytes() == times_key_over_8(key, little(px))
+
+
+def test_the_map_agrees_with_libsodium_on_random_inputs() -> None:
+    """Monocypher's map (with the u -> p - u fold to 254 bits) and libsodium's Elligator 2
+    name the same subgroup point for random field elements, both branches of the map."""
+    key = new_key()
+    for _ in range(64):
+        u = int.from_bytes(secrets.token_bytes(48), "big") % FIELD_PRIME
+        q = np.frombuffer(map_to_curve(u), dtype=np.uint8).reshape(1, 32)
+        assert multiply(key, q).tobytes() == times_key_over_8(key, cleared(u))
 
 
 def test_the_bindings_temporary_library_copy_is_removed() -> None:
-    psi_core._group()  # pylint: disable=protected-access
+    psi_core._x25519()  # pylint: disable=protected-access
     assert not Path(sys.modules["rbcl._sodium"].lib_path).exists()
 
 
-def test_blinding_commutes_and_rejects_non_elements() -> None:
-    points = np.frombuffer(b"".join(hash_to_point(i) for i in range(5)), dtype=np.uint8).reshape(-1, 32)
+SMALL_ORDER = [  # u-coordinates of the curve's points of small order (dividing 8)
+    bytes(32),
+    (1).to_bytes(32, "little"),
+    bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800"),
+    bytes.fromhex("5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157"),
+]
+NON_CANONICAL = [
+    FIELD_PRIME.to_bytes(32, "little"),  # p itself
+    (FIELD_PRIME + 5).to_bytes(32, "little"),
+    bytes(31) + b"\x80",  # bit 255 set
+]
+
+
+def test_blinding_commutes_and_rejects_bad_points() -> None:
+    pts = np.frombuffer(b"".join(hash_to_point(i) for i in range(5)), dtype=np.uint8).reshape(-1, 32)
     a, b = new_key(), new_key()
-    assert np.array_equal(multiply(a, multiply(b, points)), multiply(b, multiply(a, points)))
-    assert not np.array_equal(multiply(a, points), multiply(b, points))
-    with pytest.raises(PsiError, match="not a ristretto255 group element"):
-        multiply(a, np.zeros((1, 32), dtype=np.uint8))  # the identity
+    assert np.array_equal(multiply(a, multiply(b, pts)), multiply(b, multiply(a, pts)))
+    assert not np.array_equal(multiply(a, pts), multiply(b, pts))
+    for bad in SMALL_ORDER:
+        with pytest.raises(PsiError, match="small order"):
+            multiply(a, np.frombuffer(bad, dtype=np.uint8).reshape(1, 32))
+    for bad in NON_CANONICAL:
+        with pytest.raises(PsiError, match="non-canonical"):
+            multiply(a, np.frombuffer(bad, dtype=np.uint8).reshape(1, 32))
+    with pytest.raises(PsiError, match="32 bytes"):
+        multiply(a[:31], pts)
 
 
 # ----- randomness ---------------------------------------------------------------------------
 def test_keys_and_orders_come_from_the_os_csprng(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keys are CSPRNG bytes reduced mod the group order (zero redrawn); orders argsort
-    CSPRNG keys. Seeding Python's, numpy's and torch's generators changes nothing."""
+    """Keys are 32 CSPRNG bytes, used as X25519 private keys (X25519 clamps them, so even an
+    all-zero draw is a valid key: 2^254); orders argsort CSPRNG keys. Seeding Python's,
+    numpy's and torch's generators changes nothing."""
     drawn: list[bytes] = []
-    fake = [bytes(64), bytes(range(64)), bytes(range(8, 0, -1)) * 3]
+    fake = [bytes(32), bytes(range(8, 0, -1)) * 3]
 
     def token_bytes(n: int) -> bytes:
         drawn.append(fake.pop(0)[:n])
@@ -203,11 +309,11 @@ def test_keys_and_orders_come_from_the_os_csprng(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(psi_core.secrets, "token_bytes", token_bytes)
     key = new_key()
-    assert drawn[:2] == [bytes(64), bytes(range(64))]  # the zero scalar was redrawn
-    group = psi_core._group()  # pylint: disable=protected-access
-    assert key == group.crypto_core_ristretto255_scalar_reduce(bytes(range(64)))
+    assert drawn[0] == key == bytes(32)
+    probe = np.frombuffer(hash_to_point("x"), dtype=np.uint8).reshape(1, 32)
+    assert multiply(key, probe).tobytes() == times_key_over_8(key, cleared(hash_to_field(b"x")))
     order = permutation(3)
-    assert order.tolist() == np.argsort(np.frombuffer(drawn[2], dtype="<u8")).tolist()
+    assert order.tolist() == np.argsort(np.frombuffer(drawn[1], dtype="<u8")).tolist()
     monkeypatch.undo()
 
     def seeded_party() -> PsiParty:
@@ -272,7 +378,8 @@ def test_the_oracle_attack_is_refused_and_logged(caplog: pytest.LogCaptureFixtur
         ({"resolve": np.array([0])}, "before this party's own list"),
         ({"own": 11}, "outside"),
         ({"own": 0}, "outside"),
-        ({"blind": {"h": np.zeros((1, 32), dtype=np.uint8)}}, "not a ristretto255 group element"),
+        ({"blind": {"h": np.zeros((1, 32), dtype=np.uint8)}}, "small order"),
+        ({"blind": {"h": np.full((1, 32), 0xFF, dtype=np.uint8)}}, "non-canonical"),
         ({"blind": {"h": np.zeros((1, 31), dtype=np.uint8)}}, r"\(n, 32\) uint8"),
         ({"probe": 1}, "unknown PSI request keys"),
     ],
