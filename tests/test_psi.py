@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from alphafed_flwr import psi_core
+from alphafed_flwr import psi_core, psi_host
 from alphafed_flwr.psi import (
     CHUNK,
     DST,
@@ -293,6 +293,26 @@ def test_blinding_commutes_and_rejects_bad_points() -> None:
             multiply(a, np.frombuffer(bad, dtype=np.uint8).reshape(1, 32))
     with pytest.raises(PsiError, match="32 bytes"):
         multiply(a[:31], pts)
+
+
+def test_the_comparison_is_exact_even_for_crafted_points() -> None:
+    """The host's comparison sorts 8-byte prefixes and confirms whole rows; points that share
+    a prefix (only a hostile party makes them) or repeat take the exact path."""
+    rng = np.random.default_rng(5)
+    rows = rng.integers(0, 256, size=(300, 32), dtype=np.uint8)
+    lists = {"h": rows[:200], "c0": rows[100:][::-1].copy(), "c1": rows[50:250]}
+    mine, positions = psi_host._common(lists)  # pylint: disable=protected-access
+    assert mine.tolist() == list(range(100, 200))
+    assert sorted(lists["c0"][positions["c0"]].tobytes()[i : i + 32] for i in range(0, 3200, 32)) == sorted(
+        rows[100:200].tobytes()[i : i + 32] for i in range(0, 3200, 32))
+    twin = rows[150].copy()
+    twin[31] ^= 1  # same 8-byte prefix as row 150, another point
+    crafted = {"h": rows[:200], "c0": np.concatenate([rows[100:150], rows[151:200], twin[None]])}
+    mine, _ = psi_host._common(crafted)  # pylint: disable=protected-access
+    assert mine.tolist() == [i for i in range(100, 200) if i != 150]
+    repeated = {"h": rows[:200], "c0": np.concatenate([rows[100:200], rows[100:101]])}
+    with pytest.raises(PsiError, match="repeats an element"):
+        psi_host._common(repeated)  # pylint: disable=protected-access
 
 
 # ----- randomness ---------------------------------------------------------------------------
