@@ -34,7 +34,7 @@ def collaborator_step(party: PsiParty, request: Mapping[str, Any]) -> tuple[dict
     Returns
     -------
     tuple[dict[str, Any], list[str] | None]
-        The reply (group elements, positions and sizes only), and after ``resolve`` this
+        The reply (points, positions and sizes only), and after ``resolve`` this
         party's IDs in the intersection, which stay local.
 
     Raises
