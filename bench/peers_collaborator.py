@@ -23,6 +23,7 @@ class PeersCollaborator(HeteroNNCollaboratorScheduler):
         return job.split_ids(id_intersection)
 
     def build_feature_model(self) -> nn.Module:
+        job.EpochClock(job.OURS).threads("collaborator")
         return job.build("right")
 
     def build_feature_optimizer(self, feature_model: nn.Module) -> optim.Optimizer:

@@ -27,7 +27,7 @@ class PeersHost(HeteroNNHostScheduler):
         super().__init__(feature_key="host", max_rounds=max_rounds, log_rounds=1,
                          calculation_timeout=300, schedule_timeout=60)
         self.collaborator_key = "collaborator"
-        self.clock = job.EpochClock("host")
+        self.clock = job.EpochClock(job.OURS)
 
     def load_local_ids(self) -> list[str]:
         return job.sample_ids(get_dataset_dir(self.task_id))
@@ -36,6 +36,7 @@ class PeersHost(HeteroNNHostScheduler):
         return job.split_ids(id_intersection)
 
     def build_feature_model(self) -> nn.Module:
+        self.clock.threads("host")
         return job.build("left")
 
     def build_feature_optimizer(self, feature_model: nn.Module) -> optim.Optimizer:

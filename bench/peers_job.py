@@ -39,6 +39,7 @@ BATCH_SIZE = 128
 TEST_BATCH_SIZE = 1000
 LEARNING_RATE = 1e-3
 WIDTH = 14  # columns of the label holder's half; the other party holds the rest
+OURS, NVFLARE = "alphafed-flwr", "nvflare"  # the sides in a clock file
 SEEDS = {"left": 1, "right": 2, "top": 3}  # per model, so both frameworks start alike
 MEAN, STD = 0.1307, 0.3081  # torchvision's MNIST normalisation
 
@@ -177,20 +178,34 @@ class EpochClock:
     """Appends ``{"side", "epoch", "event", "t"}`` lines to ``$PEERS_CLOCK`` (no-op without it).
 
     Events: ``start`` when the loop driver starts an epoch's first batch, ``step`` when the
-    label holder has updated its models on a batch. An epoch's time is its last ``step``
-    minus its ``start``.
+    label holder has updated its models on a batch (an epoch's time is its last ``step``
+    minus its ``start``), ``threads`` when a party builds its model.
     """
 
     def __init__(self, side: str) -> None:
         self.side = side
         self.path = os.environ.get(CLOCK_ENV)
 
-    def mark(self, epoch: int, event: str) -> None:
+    def mark(self, epoch: int, event: str, **extra: object) -> None:
         """Record ``event`` of ``epoch`` now."""
         if self.path:
-            line = json.dumps({"side": self.side, "epoch": epoch, "event": event, "t": time.monotonic()})
+            line = json.dumps({"side": self.side, "epoch": epoch, "event": event, "t": time.monotonic(), **extra})
             with open(self.path, "a", encoding="utf-8") as out:
                 out.write(line + "\n")
+
+    def threads(self, party: str) -> None:
+        """Record the torch threads of this process (``party``), for the bench to check."""
+        self.mark(0, "threads", party=party, pid=os.getpid(), threads=configure_threads())
+
+
+def threads_used(path: str | Path, side: str) -> dict[str, set[int]]:
+    """Per party of ``side`` in a clock file: the torch thread counts its processes reported."""
+    found: dict[str, set[int]] = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        event = json.loads(line)
+        if event["side"] == side and event["event"] == "threads":
+            found.setdefault(event["party"], set()).add(int(event["threads"]))
+    return found
 
 
 def epoch_seconds(path: str | Path, side: str) -> dict[int, float]:

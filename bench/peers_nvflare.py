@@ -69,7 +69,7 @@ class PeersSplitLearner(Learner):
         self.split_id = split_id
         self.model: PeersSplitNN | None = None
         self.optimizers: list[torch.optim.Optimizer] = []
-        self.clock = job.EpochClock("nvflare")
+        self.clock = job.EpochClock(job.NVFLARE)
         self.train_x = self.train_y = self.test_x = self.test_y = None
         self.test_correct = 0
         self.test_total = 0
@@ -84,6 +84,7 @@ class PeersSplitLearner(Learner):
         half = job.right_half if self.split_id == 0 else job.left_half
         self.train_x, self.test_x = half(images), half(test_images)
         self.train_y, self.test_y = labels, test_labels
+        self.clock.threads(f"site-{self.split_id + 1}")
         if self.split_id == 1:
             engine = fl_ctx.get_engine()
             engine.register_aux_message_handler(SplitNNConstants.TASK_TRAIN_LABEL_STEP, self._train_label_side)

@@ -167,8 +167,9 @@ def run_ours(k: int, args: argparse.Namespace, out: Path) -> Side:
     accuracy = {r["round"]: r["test"]["accuracy"] for r in summary["rounds"] if r.get("test")}
     exchanges = statistics.median(r["stats"]["exchanges"] for r in summary["rounds"])
     rounds = ", ".join(f"{r['seconds']:.2f}" for r in summary["rounds"])
-    return Side(f"alphafed-flwr K={k}", peers_job.epoch_seconds(clock, "host"), accuracy, wall,
-                [f"{exchanges:.0f} exchanges per round", f"product's round times incl. test {rounds}s"])
+    return Side(f"alphafed-flwr K={k}", peers_job.epoch_seconds(clock, peers_job.OURS), accuracy, wall,
+                [f"{exchanges:.0f} exchanges per round", f"product's round times incl. test {rounds}s",
+                 threads_note(clock, peers_job.OURS, args.threads)])
 
 
 def run_plain(args: argparse.Namespace) -> Side:
@@ -237,12 +238,23 @@ def run_nvflare(python: Path, args: argparse.Namespace, out: Path) -> Side:
         for line in result.read_text().splitlines():
             row = json.loads(line)
             accuracy[int(row["epoch"])] = float(row["accuracy"])
-    epochs = peers_job.epoch_seconds(clock, "nvflare")
+    epochs = peers_job.epoch_seconds(clock, peers_job.NVFLARE)
     if len(accuracy) != args.epochs or len(epochs) != args.epochs:
         raise RuntimeError(f"NVFlare's run reported {len(epochs)} epochs and {len(accuracy)} tests of "
                            f"{args.epochs} (see {out / 'simulator.log'} and {workspace})")
     return Side(f"NVFlare {NVFLARE_VERSION} SplitNN", epochs, accuracy, wall,
-                [f"{peers_job.batch_count(_train_count(args))} aux round trips per epoch"])
+                [f"{peers_job.batch_count(_train_count(args))} aux round trips per epoch",
+                 threads_note(clock, peers_job.NVFLARE, args.threads)])
+
+
+def threads_note(clock: Path, side: str, wanted: int) -> str:
+    """The torch threads each party reported; an error if any differs from ``wanted``."""
+    import peers_job  # pylint: disable=import-outside-toplevel
+
+    found = peers_job.threads_used(clock, side)
+    if not found or any(counts != {wanted} for counts in found.values()):
+        raise RuntimeError(f"{side}: parties ran with torch threads {found or 'unreported'}, not {wanted}")
+    return "torch threads " + ", ".join(f"{party} {wanted}" for party in sorted(found))
 
 
 def _train_count(args: argparse.Namespace) -> int:
@@ -346,6 +358,9 @@ def report(sides: dict[str, Side], args: argparse.Namespace) -> None:
         best = good[best_k]
         print(f"best K within 1 pp of K=1: K={best_k}, epoch {best.epoch:.2f}s = {best.epoch / flare.epoch:.2f}x "
               f"NVFlare's, accuracy {100 * best.final:.2f}%")
+    elif others:
+        print(f"no K > 1 within 1 pp of K=1 after {args.epochs} epochs: "
+              + ", ".join(f"K={k} {100 * s.final:.2f}%" for k, s in sorted(others.items())))
     print(f"plain PyTorch in one process: epoch {plain.epoch:.2f}s, accuracy {100 * plain.final:.2f}%; "
           f"K=1 = {k1.epoch / plain.epoch:.2f}x, NVFlare = {flare.epoch / plain.epoch:.2f}x its epoch")
     print(f"target: our K=1 epoch faster than NVFlare's at equal accuracy (within {100 * ACCURACY_TOLERANCE:.1f} pp): "
