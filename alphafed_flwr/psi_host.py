@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -51,20 +52,27 @@ def run_psi(
     if chunk < 1:
         raise ValueError(f"chunk must be positive, got {chunk}")
     host.new_order()
-    starts = exchange(
-        {
-            name: {"start": True, "parties": m, "index": k, "host-size": len(host.ids)}
-            for k, name in enumerate(collaborators)
-        }
-    )
-    sizes = {HOST_CHAIN: len(host.ids)}
-    for k, name in enumerate(collaborators):
-        size = _reply(starts, name).get("size")
-        if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 0:
-            raise PsiError(f"'{name}' announced no valid set size")
-        sizes[f"c{k}"] = int(size)
-    run = _two_parties if m == 1 else _chains
-    mine, last = run(host, collaborators, exchange, sizes, chunk)
+    ahead = ThreadPoolExecutor(1, thread_name_prefix="psi-host")
+    try:
+        own = _OwnChunks(host, chunk, ahead) if m == 1 else None  # the first one computes during start
+        starts = exchange(
+            {
+                name: {"start": True, "parties": m, "index": k, "host-size": len(host.ids)}
+                for k, name in enumerate(collaborators)
+            }
+        )
+        sizes = {HOST_CHAIN: len(host.ids)}
+        for k, name in enumerate(collaborators):
+            size = _reply(starts, name).get("size")
+            if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 0:
+                raise PsiError(f"'{name}' announced no valid set size")
+            sizes[f"c{k}"] = int(size)
+        if own is None:
+            mine, last = _chains(host, collaborators, exchange, sizes, chunk)
+        else:
+            mine, last = _two_parties(host, collaborators[0], exchange, sizes, chunk, own)
+    finally:
+        ahead.shutdown(wait=True, cancel_futures=True)
     for name in collaborators:
         size = _reply(last, name).get("intersection-size")
         if isinstance(size, bool) or not isinstance(size, int | np.integer) or size != len(mine):
@@ -96,45 +104,58 @@ def _elements(points: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(points).view(f"V{POINT_SIZE}").ravel()
 
 
+class _OwnChunks:
+    """The host's own list, hashed and blinded chunk by chunk on its ``ahead`` thread, one
+    chunk ahead of the one it sends."""
+
+    def __init__(self, host: PsiParty, chunk: int, ahead: ThreadPoolExecutor) -> None:
+        self.host, self.ahead = host, ahead
+        self.bounds = deque((lo, min(lo + chunk, len(host.ids))) for lo in range(0, len(host.ids), chunk))
+        self.ready: deque[Future[np.ndarray]] = deque()
+        self.prepare()
+
+    def prepare(self) -> None:
+        """Start computing the next chunk, if any is left."""
+        if self.bounds:
+            start, stop = self.bounds.popleft()
+            self.ready.append(self.ahead.submit(self.host.own_points, start, stop, [0]))
+
+    def next(self) -> np.ndarray | None:
+        """The oldest computed chunk (waiting for it), or None when all were taken."""
+        return self.ready.popleft().result() if self.ready else None
+
+
 def _two_parties(
-    host: PsiParty, names: list[str], exchange: Exchange, sizes: dict[str, int], chunk: int
+    host: PsiParty, name: str, exchange: Exchange, sizes: dict[str, int], chunk: int, own: _OwnChunks
 ) -> tuple[list[str], dict[str, dict[str, Any]]]:
-    """4n multiplications. The first message asks only for the collaborator's first chunk,
-    so both parties compute at once from the start; every later message carries the host's
-    previous chunk to blind and asks for the collaborator's next one, while the host blinds
-    the chunk it just received and computes its next own chunk."""
-    name, n_h, n_c = names[0], sizes[HOST_CHAIN], sizes["c0"]
+    """4n multiplications. The first message asks only for the collaborator's first chunk
+    (the host computed its own during ``start``), so both parties compute from the start;
+    every later message carries the host's oldest computed chunk to blind and asks for the
+    collaborator's next one, while the host blinds the chunk it just received and computes
+    its next own chunk (on ``own``'s thread, in that order)."""
+    n_h, n_c = sizes[HOST_CHAIN], sizes["c0"]
     ours: list[np.ndarray] = []  # b a H(x), host order
     theirs: list[Future[np.ndarray]] = []  # a b H(y), collaborator's order
-    ahead = ThreadPoolExecutor(1, thread_name_prefix="psi-host")
-    try:
-        pending = ahead.submit(host.own_points, 0, min(chunk, n_h), [0]) if n_h else None
-        made_h = min(chunk, n_h)
-        sent_c = 0
-        request: dict[str, Any] = {"sizes": sizes}
-        steps = max(-(-n_h // chunk) + 1 if n_h else 1, -(-n_c // chunk))
-        for step in range(1, steps + 1):
-            logger.info("Private set intersection: exchange %d/%d", step, steps)
-            if step > 1 and pending is not None:
-                request["blind"] = {HOST_CHAIN: pending.result()}
-                pending = None
-                if made_h < n_h:
-                    pending = ahead.submit(host.own_points, made_h, min(made_h + chunk, n_h), [0])
-                    made_h = min(made_h + chunk, n_h)
-            asked = min(chunk, n_c - sent_c)
-            if asked:
-                request["own"] = asked
-            reply = _reply(exchange({name: request}), name)
-            if "blind" in request:
-                ours.append(_part(reply, "blind", HOST_CHAIN, len(request["blind"][HOST_CHAIN]), name))
-            if asked:
-                theirs.append(ahead.submit(host.blind, as_points(reply.get("own"), asked), 0))
-                sent_c += asked
-            request = {}
-        final_c = _stack([future.result() for future in theirs])
-    finally:
-        ahead.shutdown(wait=True, cancel_futures=True)
-    mine, common = _common({HOST_CHAIN: _stack(ours), "c0": final_c})
+    sent_c = 0
+    request: dict[str, Any] = {"sizes": sizes}
+    steps = max(-(-n_h // chunk) + 1 if n_h else 1, -(-n_c // chunk))
+    for step in range(1, steps + 1):
+        logger.info("Private set intersection: exchange %d/%d", step, steps)
+        own.prepare()
+        points = own.next() if step > 1 else None
+        if points is not None:
+            request["blind"] = {HOST_CHAIN: points}
+        asked = min(chunk, n_c - sent_c)
+        if asked:
+            request["own"] = asked
+        reply = _reply(exchange({name: request}), name)
+        if points is not None:
+            ours.append(_part(reply, "blind", HOST_CHAIN, len(points), name))
+        if asked:
+            theirs.append(own.ahead.submit(host.blind, as_points(reply.get("own"), asked), 0))
+            sent_c += asked
+        request = {}
+    mine, common = _common({HOST_CHAIN: _stack(ours), "c0": _stack([future.result() for future in theirs])})
     last = exchange({name: {"resolve": common["c0"]}})
     return host.resolve(mine), last
 
