@@ -265,3 +265,23 @@ def test_the_simulation_command_dispatches_on_push_unless_told(monkeypatch: pyte
     monkeypatch.delenv(engine.DISPATCH_ENV)
     assert engine.dispatch_on_push() is True and vce.add_messages_to_queue is not flowers
     assert vce.add_messages_to_queue.__qualname__.startswith("set_simulation_poll")
+
+
+def test_parties_get_their_share_of_torch_threads_and_it_is_undone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    import torch
+
+    from alphafed_flwr.simulation import engine
+
+    monkeypatch.delenv(engine.OMP_THREADS_ENV, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert [engine.party_threads(n) for n in (1, 2, 3, 9)] == [8, 4, 2, 1]
+    before = torch.get_num_threads()
+    with engine.torch_threads(1):
+        # the ServerApp's process, and the local Ray workers that inherit the variable
+        assert torch.get_num_threads() == 1 and os.environ[engine.OMP_THREADS_ENV] == "1"
+    assert torch.get_num_threads() == before and engine.OMP_THREADS_ENV not in os.environ
+    monkeypatch.setenv(engine.OMP_THREADS_ENV, "3")  # the user's choice wins
+    with engine.torch_threads(1):
+        assert torch.get_num_threads() == before and os.environ[engine.OMP_THREADS_ENV] == "3"

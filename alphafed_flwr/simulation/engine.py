@@ -19,6 +19,14 @@ split-learning exchange wait 50 ms on average; :func:`dispatch_on_push` makes it
 message to the virtual clients as soon as the ServerApp pushes it (through
 ``alphafed_flwr.compat``). ``ALPHAFED_ENGINE_DISPATCH=flower`` keeps Flower's polling (for
 side-by-side benchmarks).
+
+Threads: where the ServerApp computes alongside its clients (a vertical host is a party),
+``threads_per_party`` gives the ServerApp's process and every virtual client that many torch
+threads, so that parties sharing a machine never ask for more threads than it has cores.
+More threads than cores is the costliest mistake here: torch's OpenMP threads spin while
+they wait for each other, and a thread whose core went to another process stalls the rest;
+at a load average of about 8 on 2 cores a K=1 split-learning round took 19-31 s with the
+defaults (2 threads in each process) and 5.5-5.8 s with one thread each.
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from flwr.clientapp import ClientApp
@@ -42,6 +52,7 @@ _RESERVED_WHEN_ATTACHING = ("num_cpus", "num_gpus", "resources", "object_store_m
 DISPATCH_ENV = "ALPHAFED_ENGINE_DISPATCH"
 #: Seconds between the dispatcher's scans when nothing was pushed (Flower's poll).
 DISPATCH_FALLBACK_SCAN = 0.1
+OMP_THREADS_ENV = "OMP_NUM_THREADS"
 
 
 @dataclass(frozen=True)
@@ -142,6 +153,34 @@ def dispatch_on_push() -> bool:
     return True
 
 
+def party_threads(num_parties: int) -> int:
+    """Torch threads per party when ``num_parties`` processes share this machine's cores."""
+    return max(1, (os.cpu_count() or 1) // max(1, num_parties))
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Give this process, and the local Ray workers it starts, ``threads`` torch threads.
+
+    Ray keeps an ``OMP_NUM_THREADS`` its workers inherit (else it sets their CPUs); one the
+    user set is left alone, for this process too. ``None`` changes nothing. Restored after.
+    """
+    if threads is None or OMP_THREADS_ENV in os.environ:
+        yield
+        return
+    import torch  # pylint: disable=import-outside-toplevel
+
+    before = torch.get_num_threads()
+    os.environ[OMP_THREADS_ENV] = str(threads)
+    torch.set_num_threads(threads)
+    logger.info("Torch threads: %d in the ServerApp's process and in each virtual client", threads)
+    try:
+        yield
+    finally:
+        os.environ.pop(OMP_THREADS_ENV, None)
+        torch.set_num_threads(before)
+
+
 def run_ray_simulation(
     server_app: ServerApp,
     client_app: ClientApp,
@@ -151,6 +190,7 @@ def run_ray_simulation(
     *,
     gpus_per_client: float = 0.0,
     ray_address: str | None = None,
+    threads_per_party: int | None = None,
 ) -> None:
     """Run ``server_app`` against ``num_supernodes`` virtual nodes on Ray; raise its errors.
 
@@ -169,6 +209,10 @@ def run_ray_simulation(
         Extra ``ray.init`` arguments.
     ray_address : str | None
         Existing Ray cluster to join; ``None``: a private local one.
+    threads_per_party : int | None
+        Torch threads of the ServerApp's process and of each local virtual client (see
+        :func:`party_threads`); ``None``: Ray's (a client's CPUs) and torch's (all cores).
+        Clients on other nodes of a joined cluster keep their nodes' settings.
     """
     placement = RayPlacement(cpus_per_client, gpus_per_client, ray_address)
     config = backend_config(placement, ray_init_args)
@@ -183,12 +227,13 @@ def run_ray_simulation(
     for handler in flwr_logger.handlers:
         handler.addFilter(notice_filter)
     try:
-        run_simulation(
-            server_app=server_app,
-            client_app=client_app,
-            num_supernodes=num_supernodes,
-            backend_config=config,  # type: ignore[arg-type]
-        )
+        with torch_threads(threads_per_party):
+            run_simulation(
+                server_app=server_app,
+                client_app=client_app,
+                num_supernodes=num_supernodes,
+                backend_config=config,  # type: ignore[arg-type]
+            )
     finally:
         flwr_logger.removeFilter(notice_filter)
         for handler in flwr_logger.handlers:

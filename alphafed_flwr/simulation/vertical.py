@@ -20,7 +20,7 @@ from alphafed_flwr.families import VERTICAL, client_app, family_of
 from alphafed_flwr.loader import load_object
 from alphafed_flwr.strategies.codecs import ExchangeCodecs
 
-from .engine import run_ray_simulation
+from .engine import party_threads, run_ray_simulation
 from .horizontal import SimulationOptions
 
 
@@ -97,5 +97,6 @@ def simulate_vertical(
     run_ray_simulation(
         server_app, collaborators_app, len(collaborators), cpus,
         gpus_per_client=options.gpus_per_client, ray_address=options.ray_address,
+        threads_per_party=party_threads(len(collaborators) + 1),  # the host is a party too
     )
     return summary
