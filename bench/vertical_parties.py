@@ -2,7 +2,7 @@
 trained centrally on the same columns, side by side in one run.
 
     python bench/vertical_parties.py [--rounds 10] [--mnist-rounds 5] [--mnist-k 1] [--data-dir ../shared/data]
-    python bench/vertical_parties.py --speed [--poll 0.002] [--speed-rounds 3]
+    python bench/vertical_parties.py --speed [--speed-rounds 3] [--repeats 2] [--threads 1]
 
 1. Breast cancer (scikit-learn's table, FATE's hetero benchmark): the host holds the labels
    and 5 columns, collaborators A and B 15 and 10; each holds a different 90% of the
@@ -15,9 +15,11 @@ trained centrally on the same columns, side by side in one run.
    batches from the same initial weights.
 
 3. ``--speed`` (alone): the two-party MNIST halves job at K=1 (``bench/vertical_mnist.py``'s
-   task and centralized baseline) with Flower's simulation engine polling every 0.1 s, then
-   every ``--poll`` s through ``alphafed_flwr.compat.set_simulation_poll``: same accuracy,
-   shorter epochs.
+   task and centralized baseline): centralized, the simulation command with Flower's engine
+   polling every 0.1 s (``ALPHAFED_ENGINE_DISPATCH=flower``) and with its default dispatch on
+   push (``alphafed_flwr.compat.set_simulation_poll``), alternating ``--repeats`` times, and
+   the loopback deployment (``python -m alphafed_flwr.server`` + ``.client``): seconds per
+   exchange. Every process gets ``--threads`` torch threads (``OMP_NUM_THREADS``).
 
 Epoch times: medians over the simulation's rounds without a test; centralized: the mean
 over its epochs, with ``--threads`` torch threads (default 1).
@@ -27,9 +29,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -47,17 +52,10 @@ MNIST = ["--host", "simulations/mnist/vertical3_host.py",
          "--collaborator", "simulations/mnist/vertical3_middle.py",
          "--collaborator", "simulations/mnist/vertical3_right.py"]
 
-#: The simulation command with Flower's engine poll shortened through ``compat.set_simulation_poll``.
-POLLED = ("from alphafed_flwr.compat import set_simulation_poll; set_simulation_poll({poll}); "
-          "from alphafed_flwr.cli import exit_with; from alphafed_flwr.simulation.__main__ import main; "
-          "exit_with(main)")
 
-
-def simulate(parties: list[str], rounds: int, k: int, out: Path, data_dir: str | None = None,
-             poll: float | None = None) -> dict[str, Any]:
-    """Run the simulation command (with the engine polling every ``poll`` s if given); return its summary."""
-    start = ["-m", "alphafed_flwr.simulation"] if poll is None else ["-c", POLLED.format(poll=poll)]
-    cmd = [*start, *parties, "--rounds", str(rounds), "--batches-per-exchange",
+def simulate(parties: list[str], rounds: int, k: int, out: Path, data_dir: str | None = None) -> dict[str, Any]:
+    """Run the simulation command; return its summary."""
+    cmd = ["-m", "alphafed_flwr.simulation", *parties, "--rounds", str(rounds), "--batches-per-exchange",
            str(k), "--seed", "0", "--fresh", "--out", str(out)]
     if data_dir:
         cmd += ["--data-dir", data_dir]
@@ -151,26 +149,72 @@ def mnist(args: argparse.Namespace, out: Path) -> tuple[str, str]:
             f"{100 * central_acc:.2f}%"), f"{epoch / central_epoch:.1f}x"
 
 
-def k1_speed(args: argparse.Namespace, out: Path) -> str:
-    """The two-party MNIST job at K=1 with Flower's 0.1 s engine poll and with ``--poll``."""
-    from vertical_mnist import COLLABORATOR, HOST, centralized  # pylint: disable=import-outside-toplevel
+@contextmanager
+def environment(**values: str | None) -> Iterator[None]:
+    """Set (or, for ``None``, remove) environment variables for the commands run inside."""
+    saved = {k: os.environ.get(k) for k in values}
+    try:
+        _set_environment(values)
+        yield
+    finally:
+        _set_environment(saved)
 
-    print(f"K=1 speed, two-party MNIST halves, {args.speed_rounds} rounds: Flower's engine poll (0.1 s) "
-          f"vs set_simulation_poll({args.poll})", flush=True)
+
+def _set_environment(values: dict[str, str | None]) -> None:
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def per_exchange(summary: dict[str, Any]) -> tuple[float, float]:
+    """Median over untested rounds: seconds per exchange (whole round / exchanges, user code
+    included), and transport per exchange (exchange time the collaborator's handler did not use)."""
+    rows = [r for r in summary["rounds"] if not r.get("test")] or summary["rounds"]
+    whole = statistics.median(r["seconds"] / r["stats"]["exchanges"] for r in rows)
+    transport = statistics.median((r["stats"]["exchange-seconds"] - r["stats"]["time-handler"]) / r["stats"]["exchanges"]
+                                  for r in rows)
+    return whole, transport
+
+
+def k1_speed(args: argparse.Namespace, out: Path) -> str:
+    """The two-party MNIST job at K=1: centralized, the simulation with Flower's 0.1 s dispatch
+    poll and with dispatch on push (alternating, ``--repeats`` each), and the loopback deployment."""
+    from vertical_mnist import COLLABORATOR, HOST, centralized, deploy  # pylint: disable=import-outside-toplevel
+
+    print(f"K=1 speed, two-party MNIST halves, {args.speed_rounds} rounds, {args.threads} torch thread(s) per "
+          f"process; load average {os.getloadavg()[0]:.1f}", flush=True)
     central_epoch, central_acc = centralized(args.speed_rounds, args.data_dir)
-    print(f"  centralized                    : accuracy {central_acc:.4f}, epoch {central_epoch:.2f}s", flush=True)
-    line = f"K=1 MNIST halves {args.speed_rounds} rounds, centralized {central_epoch:.2f}s/epoch"
-    for poll in (None, args.poll):
-        summary = simulate(["--host", HOST, "--collaborator", COLLABORATOR], args.speed_rounds, 1,
-                           out / f"speed-poll-{poll or 'flower'}", args.data_dir, poll=poll)
-        acc, epoch = summary["final_test"]["accuracy"], epoch_seconds(summary)
-        name = "Flower's 0.1 s" if poll is None else f"{poll} s"
-        rows = [r["stats"] for r in summary["rounds"] if not r.get("test")] or [r["stats"] for r in summary["rounds"]]
-        transport = statistics.median((r["exchange-seconds"] - r["time-handler"]) / r["exchanges"] for r in rows)
-        print(f"  simulation K=1, poll {name:<9}: accuracy {acc:.4f}, epoch {epoch:.2f}s = "
-              f"{epoch / central_epoch:.2f}x centralized; transport {transport * 1000:.0f} ms per exchange "
-              "(exchange time the collaborator's handler did not use)", flush=True)
-        line += f"; poll {name}: {100 * acc:.2f}%, {epoch:.2f}s/epoch = {epoch / central_epoch:.2f}x"
+    print(f"  centralized                 : accuracy {central_acc:.4f}, epoch {central_epoch:.2f}s", flush=True)
+    parties = ["--host", HOST, "--collaborator", COLLABORATOR]
+    names = {"flower": "Flower's 0.1 s poll", "push": "dispatch on push"}
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for repeat in range(1, args.repeats + 1):
+        for dispatch in names:  # alternating, so both see the same load
+            with environment(ALPHAFED_ENGINE_DISPATCH=dispatch, OMP_NUM_THREADS=str(args.threads)):
+                summary = simulate(parties, args.speed_rounds, 1, out / f"speed-{dispatch}-{repeat}", args.data_dir)
+            results[dispatch].append(summary)
+            print(f"    run {repeat}, {names[dispatch]}: epoch {epoch_seconds(summary):.2f}s, accuracy "
+                  f"{summary['final_test']['accuracy']:.4f}; load average {os.getloadavg()[0]:.1f}", flush=True)
+    line = f"K=1 MNIST halves {args.speed_rounds} rounds: centralized {central_epoch:.2f}s/epoch {100 * central_acc:.2f}%"
+    for dispatch, summaries in results.items():
+        accuracies = {s["final_test"]["accuracy"] for s in summaries}
+        epoch = statistics.median(epoch_seconds(s) for s in summaries)
+        transport = statistics.median(per_exchange(s)[1] for s in summaries)
+        print(f"  simulation K=1, {names[dispatch]:<19}: accuracy {', '.join(f'{a:.4f}' for a in sorted(accuracies))}, "
+              f"epoch {epoch:.2f}s = {epoch / central_epoch:.2f}x centralized (median of {len(summaries)}); transport "
+              f"{transport * 1000:.0f} ms per exchange", flush=True)
+        line += f"; simulation {names[dispatch]} {epoch:.2f}s = {epoch / central_epoch:.2f}x"
+    if not args.skip_deployment:
+        deployed = argparse.Namespace(data_dir=args.data_dir, deploy_rounds=args.speed_rounds)
+        with environment(OMP_NUM_THREADS=str(args.threads)):
+            summary = deploy(deployed, 1, out / "speed-deployment")
+        whole, transport = per_exchange(summary)
+        print(f"  deployment K=1 (loopback)   : accuracy {summary['final_test']['accuracy']:.4f}, {whole:.3f}s per "
+              f"exchange (user code included; transport {transport * 1000:.0f} ms)", flush=True)
+        line += f"; deployment {whole:.3f}s per exchange"
+    print(f"  load average at the end: {os.getloadavg()[0]:.1f}", flush=True)
     return line
 
 
@@ -181,12 +225,14 @@ def main() -> None:
     parser.add_argument("--mnist-k", type=int, default=1, help="batches per exchange of the MNIST run")
     parser.add_argument("--skip-mnist", action="store_true")
     parser.add_argument("--speed", action="store_true",
-                        help="only the K=1 speed check: two-party MNIST with Flower's engine poll and with --poll")
-    parser.add_argument("--poll", type=float, default=0.002, help="engine poll of the --speed check (s)")
+                        help="only the K=1 speed check: two-party MNIST, centralized vs simulation (Flower's "
+                             "dispatch poll and dispatch on push) vs loopback deployment")
+    parser.add_argument("--repeats", type=int, default=2, help="simulation runs per dispatch in --speed")
+    parser.add_argument("--skip-deployment", action="store_true", help="--speed without the loopback deployment")
     parser.add_argument("--speed-rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads of the centralized runs (as the simulation's Ray actors, which get 1 "
-                             "CPU each here; on a loaded machine 2 threads made the tabular baseline 30x slower)")
+                        help="torch threads of the centralized runs, and (OMP_NUM_THREADS) of every process of --speed "
+                             "(on a loaded machine 2 threads made the tabular baseline 30x slower)")
     parser.add_argument("--data-dir", default=default_data_dir())
     parser.add_argument("--out", default="runs/bench/parties")
     args = parser.parse_args()
