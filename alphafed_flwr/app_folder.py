@@ -5,8 +5,12 @@ exactly the files of the app bundle that ``python -m alphafed_flwr.server`` subm
 ``deploy.bundle``), unpacked. Its ``pyproject.toml`` names the ServerApp and ClientApp of
 ``alphafed_flwr.deploy.apps`` (through the thin ``alphafed_app`` modules), so ``flwr run``
 and our commands run the same app objects, and declares every run setting in
-``[tool.flwr.app.config]`` (the defaults are the flags given here), so
-``flwr run DIR local --run-config "rounds=5 seed=1"`` can override any of them. The task
+``[tool.flwr.app.config]`` (``RunSettings.to_run_config``: the defaults are the flags given
+here), so ``flwr run DIR local --run-config "rounds=5"`` can override any of them. A setting
+without a value (``--seed``, ``--rounds``, ``--target-epsilon`` and ``--data-dir`` when not
+given) is not declared, since Flower's run config holds no ``None``; Flower refuses an
+override of an undeclared key, so give such a setting here (or add its key to the folder's
+``pyproject.toml``) to vary it per run. The task
 file travels inside the bundle and is found relative to the installed app folder.
 
 The folder declares no dependencies: a SuperLink (``flwr``'s local one included) installs an
@@ -21,6 +25,7 @@ listening on ``$FLWR_LOCAL_SUPERLINK_HTTP_API_PORT`` (default 39091), and its ch
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import os
 import tomllib
@@ -33,7 +38,7 @@ import tomli_w
 
 from alphafed_flwr.api.errors import ConfigError
 from alphafed_flwr.api.log import logger
-from alphafed_flwr.cli import add_run_flags
+from alphafed_flwr.settings import RUN, RunSettings, add_flags
 
 LOCAL_PORT_ENV = "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"
 LOCAL_PORT_DEFAULT = 39091
@@ -49,9 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("task", help="FedAvg/FedSGD task file: path/to/task.py[:name] (and the .py files beside it)")
     p.add_argument("--out", default=None,
                    help="default output folder of runs (run config out-dir; default: FOLDER/runs)")
-    add_run_flags(p)
-    p.add_argument("--max-round-retries", type=int, default=3,
-                   help="retries of a round that gets too few valid results")
+    add_flags(p, (RUN,))
     return p
 
 
@@ -87,17 +90,15 @@ def new(argv: Sequence[str] | None = None) -> int:
     # pylint: disable=import-outside-toplevel
     from alphafed_flwr.api.fed_avg import FedAvgScheduler
     from alphafed_flwr.loader import load_object
-    from alphafed_flwr.server import run_config
-
     args = build_parser().parse_args(argv)
-    args.collaborators = 1
     loaded = load_object(args.task, FedAvgScheduler)  # fail fast on a wrong task
     task_id = args.task_id or loaded.task_id or loaded.obj.task_id
     folder = Path(args.folder).resolve()
     out = Path(args.out).resolve() if args.out else folder / "runs"
-    config = run_config(args, out, task_id, vertical=False)
-    config["data-dir"] = config["server-data-dir"]  # the virtual clients' data folder (`flwr run` simulation)
-    pyproject = write_task_folder(folder, args.task, config)
+    settings = RunSettings.from_args(args, out=out, task_id=task_id).resolved()
+    # `flwr run`'s virtual nodes have no node config: they read the data folder given here
+    settings = dataclasses.replace(settings, clients_data_dir=settings.data_dir)
+    pyproject = write_task_folder(folder, args.task, settings.to_run_config())
     logger.info("Wrote the Flower app %s (run settings in %s [tool.flwr.app.config])", folder, pyproject)
     logger.info('Run it with: flwr run %s local --stream [--run-config "rounds=3"]', folder)
     return 0

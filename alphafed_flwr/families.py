@@ -52,6 +52,9 @@ class Family:
         Horizontal families: ``"module:function"`` that builds the server's strategy, called
         as ``f(scheduler, ServerSettings, DriverConfig) -> StrategySetup``
         (``adapters.private``); vertical hosts build ``strategy`` themselves (``""``).
+    preflight : str
+        ``"module:function"`` that checks the task before a simulation starts Ray, called
+        as ``f(scheduler, RunSettings)`` (raises ``ConfigError``); ``""``: no check.
     """
 
     name: str
@@ -62,6 +65,7 @@ class Family:
     server: str
     strategy: str
     setup: str = ""
+    preflight: str = ""
 
     def server_adapter(self) -> type:
         """The server-side adapter class (imported now)."""
@@ -89,7 +93,8 @@ FAMILIES: tuple[Family, ...] = (
     # FedSGD: every node, each checked for a full-batch loader (strategies.fedsgd.FullBatchCheck)
     Family("fedsgd", HORIZONTAL, ("alphafed_flwr.api.fed_avg:FedSGDScheduler",),
            _HORIZONTAL_CLIENT, (TRAIN, EVALUATE, FULL_BATCH), _HORIZONTAL_SERVER, "fedavg",
-           setup=f"{_SERVER_MODULE}:fedsgd_setup"),
+           setup=f"{_SERVER_MODULE}:fedsgd_setup",
+           preflight="alphafed_flwr.simulation.horizontal:check_fedsgd_loader"),
     Family("dp-fedavg", HORIZONTAL, ("alphafed_flwr.api.dp_fed_avg:DPFedAvgScheduler",),
            _HORIZONTAL_CLIENT, (TRAIN, EVALUATE, FULL_BATCH), _HORIZONTAL_SERVER,
            "alphafed_flwr.strategies.privacy:PrivateFedAvg", setup="alphafed_flwr.adapters.private:dp_setup"),

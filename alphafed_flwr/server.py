@@ -34,7 +34,7 @@ from alphafed_flwr.api.errors import ConfigError, TaskFailed
 from alphafed_flwr.api.fed_avg import FedAvgScheduler
 from alphafed_flwr.api.hetero_nn import HeteroNNHostScheduler
 from alphafed_flwr.api.log import logger
-from alphafed_flwr.cli import add_run_flags, exit_with, strategy_args_from
+from alphafed_flwr.cli import exit_with
 from alphafed_flwr.deploy.bundle import build_fab
 from alphafed_flwr.deploy.control import Control
 from alphafed_flwr.compat import check_flower
@@ -47,7 +47,9 @@ from alphafed_flwr.deploy.processes import (
     python_module,
     require_flower_scripts,
 )
+from alphafed_flwr.families import family_of
 from alphafed_flwr.loader import TaskRef, load_object
+from alphafed_flwr.settings import RUN, VERTICAL_SERVER, RunSettings, add_flags
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,7 +60,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("task", nargs="?", help="FedAvg/FedSGD task file: path/to/task.py[:name]")
     p.add_argument("--host", help="vertical: the host's task file, path.py[:name]")
-    p.add_argument("--collaborators", type=int, default=1, help="vertical: collaborators expected")
     p.add_argument("--address", default="127.0.0.1:9092",
                    help="host:port the SuperLink binds (one HTTP(S) port for nodes and control)")
     p.add_argument("--out", required=True, help="output folder (made absolute)")
@@ -69,9 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node-public-key", action="append", default=[],
                    help="authorized SuperNode public key (OpenSSH EC); repeat per node; enables node "
                         "authentication (needs TLS)")
-    add_run_flags(p)
-    p.add_argument("--max-round-retries", type=int, default=3,
-                   help="retries of a round that gets too few valid results")
+    add_flags(p, (RUN, VERTICAL_SERVER))
     p.add_argument("--poll-interval", type=float, default=0.05,
                    help="SuperExec polling interval in seconds (FLWR_SUPEREXEC_TASK_POLL_INTERVAL); below 1 "
                         "the ServerApp also retries not-yet-available message objects quickly (default 0.05)")
@@ -106,30 +105,9 @@ def tls_settings(args: argparse.Namespace) -> tuple[list[str], Path | None]:
     return flags, paths[0]
 
 
-def run_config(args: argparse.Namespace, out: Path, task_id: str, vertical: bool) -> dict[str, Any]:
-    """The run configuration written into the bundle (read by the ServerApp and ClientApps)."""
-    return {
-        "mode": "vertical" if vertical else "horizontal",
-        "task-id": task_id,
-        "out-dir": str(out),
-        "server-data-dir": str(Path(args.data_dir).resolve()) if args.data_dir else "",
-        "rounds": args.rounds or 0,
-        "seed": -1 if args.seed is None else args.seed,
-        "partition": args.partition,
-        "alpha": args.alpha,
-        "samples": args.samples,
-        "reset-optimizer": bool(args.reset_optimizer),
-        "weighted": not args.unweighted,
-        "client-eval": args.client_eval,
-        "max-round-retries": args.max_round_retries,
-        "resume": not args.fresh,
-        "num-collaborators": args.collaborators,
-        "batches-per-exchange": args.batches_per_exchange,
-        "strategy": args.strategy,
-        "strategy-args": json.dumps(strategy_args_from(args)),
-        "max-num-examples": float(args.max_num_examples),
-        "target-epsilon": float(args.target_epsilon or 0.0),  # 0: no budget
-    }
+def run_settings(args: argparse.Namespace, out: Path, task_id: str, kind: str) -> RunSettings:
+    """The run's settings (written into the bundle as its run config; absolute folders)."""
+    return RunSettings.from_args(args, kind=kind, out=out, task_id=task_id).resolved()
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -143,11 +121,11 @@ def split_address(address: str) -> tuple[str, int]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     args = build_parser().parse_args(argv)
-    vertical = bool(args.host)
-    if vertical == bool(args.task):
+    if bool(args.host) == bool(args.task):
         raise ConfigError("give either a task file (FedAvg/FedSGD) or --host host.py (vertical)")
     ref = TaskRef.parse(args.host or args.task)
-    loaded = load_object(ref, HeteroNNHostScheduler if vertical else FedAvgScheduler)  # fail fast
+    loaded = load_object(ref, HeteroNNHostScheduler if args.host else FedAvgScheduler)  # fail fast
+    kind = family_of(loaded.obj).kind
     task_id = args.task_id or loaded.task_id or loaded.obj.task_id
     out = Path(args.out).resolve()
     lock = claim_folder(out, "server")  # noqa: F841 - held while the server runs
@@ -155,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     host, port = split_address(args.address)
     require_flower_scripts()
     logger.info(check_flower("superlink", "supernode"))
-    fab, entry = build_fab(ref, run_config(args, out, task_id, vertical))
+    fab, entry = build_fab(ref, run_settings(args, out, task_id, kind).to_run_config())
     token = secrets.token_urlsafe(32)
     env = flower_env(out / ".flwr-server", args.poll_interval)
     if args.poll_interval < 1.0:
@@ -180,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if stale:
             logger.info("Stopped runs %s left by an earlier server", stale)
         run_id = control.start_run(fab)
-        logger.info("Run %d submitted (task %s, %s); streaming its log", run_id, entry, "vertical" if vertical else "horizontal")
+        logger.info("Run %d submitted (task %s, %s); streaming its log", run_id, entry, kind)
         start = time.monotonic()
         control.stream_logs(run_id, lambda text: sys.stdout.write(text) or sys.stdout.flush(),
                             superlink.alive, superlink.log_tail)

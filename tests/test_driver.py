@@ -360,11 +360,11 @@ def test_flowers_fedprox_sends_proximal_mu_to_the_clients_scheduler() -> None:
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.name)
 def test_every_config_file_is_a_valid_command(path: Path) -> None:
-    from alphafed_flwr.cli import apply_config_file, strategy_args_from
-    from alphafed_flwr.simulation.__main__ import build_parser
+    from alphafed_flwr.cli import apply_config_file
+    from alphafed_flwr.simulation.__main__ import build_parser, options_from
 
     args = apply_config_file(build_parser(), ["--config", str(path)])
     tasks = [args.task] if args.task else [args.host, *(args.collaborator or [])]
     for task in tasks:
         assert (CONFIGS.parent / str(task).split(":")[0]).is_file(), task
-    assert isinstance(strategy_args_from(args), dict)
+    assert isinstance(options_from(args).strategy_args, dict)

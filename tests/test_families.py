@@ -44,6 +44,7 @@ def test_every_piece_of_every_family_loads(family: families.Family) -> None:
     assert callable(families.load(family.client))
     assert family.server_adapter().__name__ == family.server.rpartition(":")[2]
     assert hasattr(family.strategy_class(), "configure_train") or family.kind == families.VERTICAL
+    assert not family.preflight or callable(families.load(family.preflight))
 
 
 def test_each_kind_serves_the_protocols_role_types() -> None:

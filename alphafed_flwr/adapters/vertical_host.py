@@ -390,3 +390,20 @@ def run_vertical_host(grid: Any, host: VerticalHost, strategy: SplitLearning) ->
     summary = host.finish("completed", seconds=time.monotonic() - start)
     logger.info("Outputs written to %s (host/, collaborators/, metrics/, tensorboard/, summary.json)", host.out)
     return summary
+
+
+def run_host(grid: Any, scheduler: HeteroNNHostScheduler, settings: VerticalSettings) -> dict[str, Any]:
+    """Run a host scheduler with its family's adapter and strategy (plain or secure
+    HeteroNN); return the summary (raise on failure)."""
+    from alphafed_flwr.families import family_of  # pylint: disable=import-outside-toplevel
+    from alphafed_flwr.strategies.codecs import ExchangeCodecs  # pylint: disable=import-outside-toplevel
+
+    family = family_of(scheduler)
+    strategy = family.strategy_class()(
+        num_collaborators=settings.num_collaborators,
+        schedule_timeout=float(scheduler.schedule_timeout),
+        calculation_timeout=float(scheduler.calculation_timeout),
+        batches_per_exchange=settings.batches_per_exchange,
+        codecs=ExchangeCodecs.parse(getattr(scheduler, "exchange_codecs", None)),
+    )
+    return run_vertical_host(grid, family.server_adapter()(scheduler, settings), strategy)

@@ -1,14 +1,13 @@
 """The ServerApp and ClientApp that a bundle's thin modules expose (deployment only).
 
-Run settings come from ``context.run_config`` (written into the bundle by the server
-command); each node's own settings (data folder, output folder, partition, collaborator
+Run settings come from ``context.run_config`` (``RunSettings.to_run_config``, written into
+the bundle by the server command); each node's own settings (data folder, output folder, partition, collaborator
 script) come from ``context.node_config`` (the client command's ``--node-config``).
 The ServerApp imports the adapters only when it runs.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from alphafed_flwr.families import HORIZONTAL, VERTICAL, family_of, message_types
 from alphafed_flwr.families import client_app as family_client_app
+from alphafed_flwr.settings import RunSettings
 from alphafed_flwr.strategies.protocol import route
 
 _bundle: Path | None = None
@@ -38,16 +38,6 @@ def bundle_dir() -> Path:
     return Path(alphafed_app.__file__).resolve().parent.parent
 
 
-def _text(config: dict[str, Any], key: str) -> str | None:
-    value = config.get(key, "")
-    return None if value in ("", None) else str(value)
-
-
-def _number(config: dict[str, Any], key: str) -> int | None:
-    value = config.get(key, -1)
-    return None if value is None or int(value) < 0 else int(value)
-
-
 server_app = ServerApp()
 
 
@@ -60,66 +50,26 @@ def _server_main(grid: Grid, context: Context) -> None:
     from alphafed_flwr.deploy.bundle import task_ref_in
     from alphafed_flwr.deploy.latency import server_object_pulls
 
-    config = dict(context.run_config)
+    settings = RunSettings.from_run_config(context.run_config)
     ref = task_ref_in(bundle_dir())
-    out = Path(str(config["out-dir"]))
-    data_dir = _text(config, "server-data-dir")
-    logger.info("ServerApp: task %s, outputs in %s", ref, out)
-    if config.get("mode") == "vertical":
-        from alphafed_flwr.adapters.vertical_host import VerticalSettings, run_vertical_host
+    logger.info("ServerApp: task %s, outputs in %s", ref, settings.out)
+    if settings.kind == VERTICAL:
+        from alphafed_flwr.adapters.vertical_host import run_host
         from alphafed_flwr.api.hetero_nn import HeteroNNHostScheduler
-        from alphafed_flwr.strategies.codecs import ExchangeCodecs
 
         host = TaskFileTemplate(ref, HeteroNNHostScheduler).new_instance()
         assert isinstance(host, HeteroNNHostScheduler)
         server_object_pulls(float(host.calculation_timeout))
-        settings = VerticalSettings(
-            out_dir=out,
-            task_id=str(config["task-id"]),
-            num_collaborators=int(config["num-collaborators"]),
-            rounds=_number(config, "rounds") or None,
-            data_dir=None if data_dir is None else Path(data_dir),
-            seed=_number(config, "seed"),
-            resume=bool(config.get("resume", True)),
-            batches_per_exchange=int(config.get("batches-per-exchange", 1)),
-            record=config,
-        )
-        family = family_of(host)  # secure HeteroNN or plain
-        host_class, strategy_class = family.server_adapter(), family.strategy_class()
-        strategy = strategy_class(
-            num_collaborators=settings.num_collaborators,
-            schedule_timeout=float(host.schedule_timeout),
-            calculation_timeout=float(host.calculation_timeout),
-            batches_per_exchange=settings.batches_per_exchange,
-            codecs=ExchangeCodecs.parse(getattr(host, "exchange_codecs", None)),
-        )
-        run_vertical_host(grid, host_class(host, settings), strategy)  # type: ignore[arg-type]
+        run_host(grid, host, settings.vertical_settings(mode="deployment"))
         return
-    from alphafed_flwr.adapters.horizontal_server import ServerSettings
     from alphafed_flwr.api.fed_avg import FedAvgScheduler
 
     template = TaskFileTemplate(ref, FedAvgScheduler)
     scheduler = template.new_instance()
     assert isinstance(scheduler, FedAvgScheduler)
     server_object_pulls(float(scheduler.calculation_timeout))
-    settings_h = ServerSettings(
-        out_dir=out,
-        task_id=str(config["task-id"]),
-        rounds=_number(config, "rounds") or None,
-        data_dir=None if data_dir is None else Path(data_dir),
-        seed=_number(config, "seed"),
-        weighted=bool(config.get("weighted", True)),
-        client_eval=str(config.get("client-eval", "last")),
-        resume=bool(config.get("resume", True)),
-        max_round_retries=int(config.get("max-round-retries", 3)),
-        strategy=str(config.get("strategy", "fedavg")),
-        strategy_args=json.loads(str(config.get("strategy-args", "{}"))),
-        max_num_examples=float(config.get("max-num-examples", ServerSettings.max_num_examples)),
-        target_epsilon=float(config.get("target-epsilon", 0.0)) or None,
-        record=config,
-    )
     trainer = template.new_instance() if scheduler.involve_aggregator else None
-    family_of(scheduler).server_adapter()(scheduler, settings_h, trainer).run(grid)
+    family_of(scheduler).server_adapter()(scheduler, settings.server_settings(mode="deployment"), trainer).run(grid)
 
 
 def _horizontal_source(context: Context) -> Any:
@@ -133,20 +83,7 @@ def _horizontal_source(context: Context) -> Any:
 
 
 def _horizontal_settings(context: Context) -> Any:
-    from alphafed_flwr.adapters.horizontal_client import ClientSettings  # pylint: disable=C0415
-
-    run, node = dict(context.run_config), dict(context.node_config)
-    return ClientSettings(
-        task_id=str(run["task-id"]),
-        out_dir=_text(node, "out-dir"),
-        # a node's own data folder; else a `flwr run` task folder's run config (its virtual nodes have none)
-        data_dir=_text(node, "data-dir") or _text(run, "data-dir"),
-        partition=(_text(run, "partition") or "iid") if "partition-id" in node else None,
-        alpha=float(run.get("alpha", 0.5)),
-        samples=int(run.get("samples", 32)),
-        seed=_number(run, "seed"),
-        reset_optimizer=bool(run.get("reset-optimizer", False)),
-    )
+    return RunSettings.from_run_config(context.run_config).client_settings(context.node_config)
 
 
 def _collaborator_source(context: Context) -> Any:
@@ -155,25 +92,17 @@ def _collaborator_source(context: Context) -> Any:
     from alphafed_flwr.api.errors import ConfigError
     from alphafed_flwr.api.hetero_nn import HeteroNNCollaboratorScheduler
 
-    script = _text(dict(context.node_config), "collaborator")
-    if script is None:
+    script = context.node_config.get("collaborator")
+    if not script:
         raise ConfigError(
             "this node has no collaborator script: start it with "
             "python -m alphafed_flwr.client --collaborator collab.py[:name]"
         )
-    return TaskFileTemplate(script, HeteroNNCollaboratorScheduler)
+    return TaskFileTemplate(str(script), HeteroNNCollaboratorScheduler)
 
 
 def _collaborator_settings(context: Context) -> Any:
-    from alphafed_flwr.adapters.vertical_client import CollaboratorSettings  # pylint: disable=C0415
-
-    run, node = dict(context.run_config), dict(context.node_config)
-    return CollaboratorSettings(
-        task_id=str(run["task-id"]),
-        out_dir=_text(node, "out-dir") or str(Path.cwd() / "alphafed-client"),
-        data_dir=_text(node, "data-dir"),
-        seed=_number(run, "seed"),
-    )
+    return RunSettings.from_run_config(context.run_config).collaborator_settings(context.node_config)
 
 
 #: The message types each node role serves; a node refuses every other type.
@@ -186,7 +115,7 @@ _role_apps: dict[str, ClientApp] = {}
 
 def node_role(context: Context) -> str:
     """``collaborator`` for a node started with ``--collaborator``, else ``horizontal``."""
-    return "collaborator" if _text(dict(context.node_config), "collaborator") else "horizontal"
+    return "collaborator" if context.node_config.get("collaborator") else "horizontal"
 
 
 def _role_app(role: str) -> ClientApp:

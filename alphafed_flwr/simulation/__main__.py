@@ -16,6 +16,7 @@ Vertical (HeteroNN split learning)::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,20 +24,15 @@ from pathlib import Path
 from alphafed_flwr.api.errors import ConfigError
 from alphafed_flwr.api.fed_avg import FedAvgScheduler
 from alphafed_flwr.api.log import logger
-from alphafed_flwr.cli import (
-    add_ray_flags,
-    add_run_flags,
-    apply_config_file,
-    exit_with,
-    strategy_args_from,
-)
+from alphafed_flwr.cli import apply_config_file, exit_with
 from alphafed_flwr.loader import load_object
+from alphafed_flwr.settings import HORIZONTAL, RUN, SIMULATION, VERTICAL, RunSettings, add_flags
 
-from .horizontal import SimulationOptions, simulate_horizontal
+from .horizontal import simulate_horizontal
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command-line interface."""
+    """The command-line interface (the settings' flags come from ``RunSettings``)."""
     parser = argparse.ArgumentParser(
         prog="python -m alphafed_flwr.simulation",
         description="Run AlphaFed schedulers with virtual clients in a Ray-backed Flower simulation.",
@@ -48,40 +44,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--collaborator", action="append", default=None,
         help="vertical: a collaborator's task file (repeat for each collaborator)",
     )
-    parser.add_argument("--num-clients", type=int, default=3, help="virtual clients (default 3)")
-    parser.add_argument("--out", default="runs/simulation", help="output folder")
-    add_run_flags(parser)
-    parser.add_argument("--cpus-per-client", type=float, default=None,
-                        help="Ray CPUs per virtual client (default: 1 for FedAvg/FedSGD; the cores "
-                             "shared out among vertical collaborators)")
-    add_ray_flags(parser)
+    parser.add_argument("--out", default=str(RunSettings.out), help=f"output folder (default {RunSettings.out})")
+    add_flags(parser, (RUN, SIMULATION))
     return parser
 
 
-def options_from(args: argparse.Namespace) -> SimulationOptions:
-    """Simulation options from parsed arguments."""
-    return SimulationOptions(
-        num_clients=args.num_clients,
-        rounds=args.rounds,
-        partition=args.partition,
-        alpha=args.alpha,
-        samples=args.samples,
-        seed=args.seed,
+def options_from(args: argparse.Namespace) -> RunSettings:
+    """The run's settings from parsed arguments."""
+    vertical = bool(args.host or args.collaborator)
+    return RunSettings.from_args(
+        args,
+        kind=VERTICAL if vertical else HORIZONTAL,
         out=Path(args.out),
-        data_dir=None if args.data_dir is None else Path(args.data_dir),
-        reset_optimizer=args.reset_optimizer,
-        weighted=not args.unweighted,
-        strategy=args.strategy,
-        strategy_args=strategy_args_from(args),
-        max_num_examples=args.max_num_examples,
-        target_epsilon=args.target_epsilon,
-        client_eval=args.client_eval,
-        fresh=args.fresh,
-        cpus_per_client=args.cpus_per_client,
-        gpus_per_client=args.gpus_per_client,
-        ray_address=args.ray_address,
-        task_id=args.task_id,
-        batches_per_exchange=args.batches_per_exchange,
+        num_collaborators=len(args.collaborator or []) or RunSettings.num_collaborators,
     )
 
 
@@ -108,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         loaded = load_object(args.task, FedAvgScheduler)
         if options.task_id is None:
-            options.task_id = loaded.task_id
+            options = dataclasses.replace(options, task_id=loaded.task_id)
         summary = simulate_horizontal(loaded.obj, options)
     logger.info("Summary: %s", json.dumps(_short(summary)))
     return 0 if summary.get("status") == "completed" else 1

@@ -27,7 +27,9 @@ def launch_directly(
     ``$ALPHAFED_LOCAL_CLIENTS`` (default 3); outputs go to ``runs/<task id>``, resuming
     from their checkpoint unless ``fresh``.
     """
-    from .horizontal import SimulationOptions, simulate_horizontal  # local: Flower is heavy
+    from alphafed_flwr.settings import RunSettings  # pylint: disable=import-outside-toplevel
+
+    from .horizontal import simulate_horizontal  # local: Flower is heavy
 
     try:
         if family_of(scheduler).kind != HORIZONTAL:
@@ -51,7 +53,7 @@ def launch_directly(
         )
         simulate_horizontal(
             scheduler,
-            SimulationOptions(num_clients=int(count), out=out, task_id=name, fresh=fresh),
+            RunSettings(num_clients=int(count), out=out, task_id=name, resume=not fresh),
         )
     except AlphaFedError as exc:
         logger.error("%s", exc)
