@@ -1,7 +1,7 @@
 """Split learning side by side: alphafed-flwr (K=1 and the best K) against NVFlare 2.9.0's
 SplitNN workflow in its simulator, on the same two-party MNIST job, in one run.
 
-    python bench/vertical_peers.py [--epochs 3] [--ks 1 16] [--threads 1] [--data-dir ../shared/data]
+    python bench/vertical_peers.py [--epochs 3] [--ks 1 2 4 8 16] [--threads 1] [--data-dir ../shared/data]
 
 The job (``bench/peers_job.py``, used word for word by both sides): MNIST left/right halves
 (14 columns each), a small CNN bottom model per party, an MLP top model at the label holder,
@@ -289,7 +289,7 @@ def load() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--ks", type=int, nargs="+", default=[1, 16],
+    parser.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8, 16],
                         help="batches per exchange on our side; K=1 first, the others compete for 'best K'")
     parser.add_argument("--threads", type=int, default=1, help="torch/OpenMP threads of every process")
     parser.add_argument("--data-dir", default=default_data_dir(), help="MNIST in torchvision's layout")
