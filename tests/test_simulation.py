@@ -35,7 +35,9 @@ def test_fedavg_with_three_virtual_clients(tmp_path: Path, tiny_mnist: Path) -> 
 def test_vertical_host_and_two_collaborators(tmp_path: Path) -> None:
     tests_dir = Path(__file__).parent
     (tmp_path / "host.py").write_text(
-        "from vertical_tasks import Host\nscheduler = Host(max_rounds=2, log_rounds=1, collaborators=2)\n"
+        # schedule_timeout: the collaborators' Ray actors may take over 30 s to start on a loaded machine
+        "from vertical_tasks import Host\n"
+        "scheduler = Host(max_rounds=2, log_rounds=1, collaborators=2, schedule_timeout=120)\n"
         "scheduler.launch_task(task_id='vertical-e2e')\n"
     )
     (tmp_path / "c1.py").write_text("from vertical_tasks import Collaborator\ns = Collaborator('c1', ids=range(0, 20))\n")
