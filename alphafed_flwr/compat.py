@@ -10,7 +10,8 @@ start and log the result.
 
 Verified against Flower 1.41.0 and 1.42.0: ``start_client_internal.py``,
 ``inflatable_utils.py``, ``run_clientapp.py``, ``flower_superlink.py``, ``config_loader.py``,
-``vce_api.py`` and the strategies are byte-identical; ``superlink/main.py`` differs only by
+``vce_api.py``, ``inmemory_grid.py``, ``linkstate_factory.py``, ``in_memory_linkstate.py``
+and the strategies are byte-identical; ``superlink/main.py`` differs only by
 a tracing middleware (``create_app`` has the same signature).
 
 Groups
