@@ -180,32 +180,39 @@ def per_exchange(summary: dict[str, Any]) -> tuple[float, float]:
 
 def k1_speed(args: argparse.Namespace, out: Path) -> str:
     """The two-party MNIST job at K=1: centralized, the simulation with Flower's 0.1 s dispatch
-    poll and with dispatch on push (alternating, ``--repeats`` each), and the loopback deployment."""
+    poll and with dispatch on push (alternating, ``--repeats`` times; each run's ratio is to the
+    centralized epoch measured just before it), and the loopback deployment."""
     from vertical_mnist import COLLABORATOR, HOST, centralized, deploy  # pylint: disable=import-outside-toplevel
 
     print(f"K=1 speed, two-party MNIST halves, {args.speed_rounds} rounds, {args.threads} torch thread(s) per "
           f"process; load average {os.getloadavg()[0]:.1f}", flush=True)
-    central_epoch, central_acc = centralized(args.speed_rounds, args.data_dir)
-    print(f"  centralized                 : accuracy {central_acc:.4f}, epoch {central_epoch:.2f}s", flush=True)
     parties = ["--host", HOST, "--collaborator", COLLABORATOR]
     names = {"flower": "Flower's 0.1 s poll", "push": "dispatch on push"}
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
-    for repeat in range(1, args.repeats + 1):
-        for dispatch in names:  # alternating, so both see the same load
+    central: list[float] = []
+    for repeat in range(1, args.repeats + 1):  # centralized, then both dispatches: all see the same load
+        central_epoch, central_acc = centralized(args.speed_rounds, args.data_dir)
+        central.append(central_epoch)
+        print(f"    run {repeat}, centralized: epoch {central_epoch:.2f}s, accuracy {central_acc:.4f}", flush=True)
+        for dispatch in names:
             with environment(ALPHAFED_ENGINE_DISPATCH=dispatch, OMP_NUM_THREADS=str(args.threads)):
                 summary = simulate(parties, args.speed_rounds, 1, out / f"speed-{dispatch}-{repeat}", args.data_dir)
             results[dispatch].append(summary)
             print(f"    run {repeat}, {names[dispatch]}: epoch {epoch_seconds(summary):.2f}s, accuracy "
                   f"{summary['final_test']['accuracy']:.4f}; load average {os.getloadavg()[0]:.1f}", flush=True)
+    central_epoch = statistics.median(central)
+    print(f"  centralized                 : accuracy {central_acc:.4f}, epoch {central_epoch:.2f}s "
+          f"(median of {len(central)})", flush=True)
     line = f"K=1 MNIST halves {args.speed_rounds} rounds: centralized {central_epoch:.2f}s/epoch {100 * central_acc:.2f}%"
     for dispatch, summaries in results.items():
         accuracies = {s["final_test"]["accuracy"] for s in summaries}
         epoch = statistics.median(epoch_seconds(s) for s in summaries)
+        ratio = statistics.median(epoch_seconds(s) / c for s, c in zip(summaries, central, strict=True))
         transport = statistics.median(per_exchange(s)[1] for s in summaries)
         print(f"  simulation K=1, {names[dispatch]:<19}: accuracy {', '.join(f'{a:.4f}' for a in sorted(accuracies))}, "
-              f"epoch {epoch:.2f}s = {epoch / central_epoch:.2f}x centralized (median of {len(summaries)}); transport "
+              f"epoch {epoch:.2f}s, {ratio:.2f}x centralized (median over runs of the run's ratio); transport "
               f"{transport * 1000:.0f} ms per exchange", flush=True)
-        line += f"; simulation {names[dispatch]} {epoch:.2f}s = {epoch / central_epoch:.2f}x"
+        line += f"; simulation {names[dispatch]} {epoch:.2f}s = {ratio:.2f}x"
     if not args.skip_deployment:
         deployed = argparse.Namespace(data_dir=args.data_dir, deploy_rounds=args.speed_rounds)
         with environment(OMP_NUM_THREADS=str(args.threads)):
