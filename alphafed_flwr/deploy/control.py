@@ -11,8 +11,13 @@ from typing import Any
 import httpx
 
 from alphafed_flwr.api.errors import ConfigError, TaskFailed
+from alphafed_flwr.api.log import logger
 
 from .superlink import TOKEN_HEADER
+
+
+#: how long a run's status may go unanswered before the server command gives up (s)
+STATUS_RETRY_SECONDS = 120.0
 
 
 class _TokenInterceptor:
@@ -153,12 +158,28 @@ class Control:
                     return
                 time.sleep(0.5)
 
-    def status(self, run_id: int) -> tuple[str, str, str]:
-        """``(status, sub_status, details)`` of a run."""
+    def status(self, run_id: int, retry_seconds: float = STATUS_RETRY_SECONDS) -> tuple[str, str, str]:
+        """``(status, sub_status, details)`` of a run.
+
+        A busy SuperLink (its database locked by writers, a reset connection) can fail one
+        request while the run goes on, so failures are retried for ``retry_seconds`` before
+        ``TaskFailed``: a long run is not lost to one unanswered status request.
+        """
         from flwr.proto.control_pb2 import ListRunsRequest  # pylint: disable=C0415
 
-        run = self.client.ListRuns(ListRunsRequest(run_id=run_id)).run_dict[run_id]
-        return run.status.status, run.status.sub_status, run.status.details
+        deadline = time.monotonic() + retry_seconds
+        while True:
+            try:
+                run = self.client.ListRuns(ListRunsRequest(run_id=run_id)).run_dict[run_id]
+                return run.status.status, run.status.sub_status, run.status.details
+            except httpx.HTTPError as exc:
+                if time.monotonic() >= deadline:
+                    raise TaskFailed(
+                        f"the SuperLink did not answer status requests for run {run_id} for "
+                        f"{retry_seconds:.0f}s (last error: {exc!r}); see superlink.log"
+                    ) from exc
+                logger.warning("The SuperLink did not answer a status request (%r): retrying", exc)
+                time.sleep(1.0)
 
     def stop_run(self, run_id: int) -> None:
         """Stop a run."""
