@@ -38,6 +38,7 @@ from .protocol import FEATURE_CODEC, FEATURES, GRADS, TEST_FEATURES
 MAX_VALUES = 1 << 27  # largest decoded array (values): 512 MiB of float32
 MAX_NDIM = 8
 _FP16_MAX = float(np.finfo(np.float16).max)
+_SMALLEST_SCALE = float(np.finfo(np.float32).smallest_subnormal)
 CODEC_KEY, SCALE, INDEX, SHAPE = ".codec", ".scale", ".index", ".shape"
 
 
@@ -101,7 +102,8 @@ class Codec:
             return {"": x.astype(np.float16)}
         if self.name == "int8":
             top = float(np.max(np.abs(x))) if x.size else 0.0
-            scale = top / 127.0 if top > 0 else 1.0
+            # float32 as sent; a tiny top must not round the scale to 0 (the decoder refuses it)
+            scale = np.float32(max(top / 127.0, _SMALLEST_SCALE)) if top > 0 else np.float32(1.0)
             q = np.clip(np.rint(x / scale), -127, 127).astype(np.int8)
             return {"": q, SCALE: np.array([scale], dtype=np.float32)}
         if x.size and float(np.max(np.abs(x))) > _FP16_MAX:

@@ -71,6 +71,15 @@ def test_any_array_round_trips_within_its_codec_error(x: np.ndarray, spec: str) 
         assert np.abs(got - x).max(initial=0) <= np.abs(x).max(initial=0) / 254 * 1.001 + 1e-6
 
 
+@pytest.mark.parametrize("values", [[1e-45, 0.0], [1e-40], [-1e-38, 2e-39]])
+def test_int8_keeps_tiny_values_decodable(values: list[float]) -> None:
+    """A top value below 127 x the smallest float32 once made a scale of 0, refused on decoding."""
+    x = np.array(values, dtype=np.float32)
+    (got,) = unpack(wire(pack("f", [x], Codec("int8"))), "f", "c")
+    step = np.abs(x).max() / 127 + np.finfo(np.float32).smallest_subnormal  # subnormal scales round
+    assert np.all(np.isfinite(got)) and np.abs(got - x).max() <= step
+
+
 def test_exchange_requests_and_replies_use_the_asked_codecs() -> None:
     codecs = ExchangeCodecs.parse({"features": "int8", "gradients": "fp16"})
     request, sent = codecs.encode_request({"round": 1, "grads": BATCH, "apply": [0, 1, 2]})
