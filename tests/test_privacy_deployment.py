@@ -72,7 +72,7 @@ def cluster(tmp_path: Path):  # noqa: ANN201
     [
         ("DPFedAvgScheduler", "w_cap=100, q=1.0, S=1.0, z=0.5, max_rounds=2, log_rounds=1, schedule_timeout=180",
          2, ("--target-epsilon", "100")),
-        ("SecureFedAvgScheduler", "t=2, max_rounds=2, log_rounds=1, schedule_timeout=180", 3, ()),
+        ("SecureFedAvgScheduler", "t=2, min_clients=3, max_rounds=2, log_rounds=1, schedule_timeout=180", 3, ()),
     ],
     ids=["dp", "secagg"],
 )
