@@ -2,7 +2,9 @@
 
 Pure torch and numpy: alphafed-flwr's task scripts (``peers_host.py``,
 ``peers_collaborator.py``) import it, and the bench copies it into the NVFlare job it
-generates, so both sides train the same models on the same data in the same order:
+generates, so both sides train the same models on the same data in the same order. It
+imports nothing of alphafed-flwr (the NVFlare venv does not have it), so its bottom CNN
+restates the shape of ``simulations/mnist/split_mnist.py``'s on purpose:
 
 - MNIST in torchvision's layout, read from its IDX files; each image split down the middle:
   the label holder keeps columns 0-13, the other party columns 14-27;
