@@ -18,6 +18,8 @@ from flwr.supercore import log
 from .errors import NodesUnavailable
 
 DEFAULT_POLL_INTERVAL = 0.005
+MAX_POLL_INTERVAL = 0.1
+POLL_BACKOFF = 0.1  # a reply is seen at most ~10% (or one floor interval) after it arrives
 
 
 def wait_for_nodes(
@@ -69,6 +71,17 @@ def push(grid: Grid, messages: Iterable[Message]) -> dict[str, int]:
     }
 
 
+def poll_delay(waited: float, floor: float, cap: float = MAX_POLL_INTERVAL) -> float:
+    """The pause before the next pull after ``waited`` seconds of waiting.
+
+    ``floor`` at first, then ``POLL_BACKOFF`` of the time waited, at most ``cap`` (and never
+    below ``floor``): quick replies are seen within ``floor``, and a long wait (a PSI chunk,
+    a slow node) costs the link a pull every ``cap`` seconds rather than every ``floor``. In
+    deployment each pull is a query of the SuperLink's database: at 5 ms it took 0.4 core.
+    """
+    return max(floor, min(cap, waited * POLL_BACKOFF))
+
+
 def pull(
     grid: Grid,
     pending: dict[str, int],
@@ -85,9 +98,10 @@ def pull(
             node = pending.pop(reply.metadata.reply_to_message_id, None)
             if node is not None:
                 result.replies[node] = reply
-        if not pending or time.monotonic() >= deadline:
+        now = time.monotonic()
+        if not pending or now >= deadline:
             break
-        time.sleep(poll_interval)
+        time.sleep(poll_delay(now - start, poll_interval))
     result.missing = sorted(pending.values())
     result.seconds = time.monotonic() - start
     return result
