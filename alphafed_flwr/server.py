@@ -71,9 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="authorized SuperNode public key (OpenSSH EC); repeat per node; enables node "
                         "authentication (needs TLS)")
     add_flags(p, (RUN, VERTICAL_SERVER))
-    p.add_argument("--poll-interval", type=float, default=0.05,
-                   help="SuperExec polling interval in seconds (FLWR_SUPEREXEC_TASK_POLL_INTERVAL); below 1 "
-                        "the ServerApp also retries not-yet-available message objects quickly (default 0.05)")
+    p.add_argument("--poll-interval", type=float, default=0.5,
+                   help="SuperExec polling interval in seconds (FLWR_SUPEREXEC_TASK_POLL_INTERVAL): how soon a "
+                        "run's ServerApp starts; each poll is a SuperLink database query, so a short one costs CPU "
+                        "all run long (0.05 s: about a tenth of a core). Below 1 the ServerApp also retries "
+                        "not-yet-available message objects quickly (default 0.5)")
     p.add_argument("--start-timeout", type=float, default=60.0,
                    help="seconds the SuperLink may take to start")
     return p
