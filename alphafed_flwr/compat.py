@@ -17,11 +17,14 @@ a tracing middleware (``create_app`` has the same signature).
 Groups
 ------
 ``supernode``
-    The SuperNode's hard-coded sleeps (``start_client_internal``'s ``time``) and the object
-    pulls' retry defaults (``pull_objects.__kwdefaults__``).
+    The SuperNode's hard-coded sleeps (``start_client_internal``'s ``time``), the object
+    pulls' retry defaults (``pull_objects.__kwdefaults__``), and the SuperNode's runtime
+    app (``flwr.supernode.main.create_app``), served through ``deploy.longpoll`` with its
+    node state's ``create_task`` and object store's ``put`` waking held pulls.
 ``superlink``
     The SuperLink's configuration parser, ``create_app`` and lifespan class, from which
-    ``deploy.superlink`` builds its own two listeners.
+    ``deploy.superlink`` builds its own two listeners, and the routes and protobuf answers
+    its long polls (``deploy.longpoll``) hold and wake.
 ``executor``
     ``run_clientapp``'s task input/output functions (the warm executor).
 ``auth``
@@ -43,6 +46,7 @@ Groups
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
 import inspect
 import re
@@ -112,6 +116,14 @@ def _check_supernode() -> None:
         raise AssertionError(f"{SUPERNODE_INTERNAL} no longer imports the time module as 'time'")
     if _attribute_calls(internal, "time", "sleep") < 2:
         raise AssertionError(f"{SUPERNODE_INTERNAL} no longer sleeps through time.sleep (3 s and 0.5 s)")
+    _params(_module(SUPERNODE_MAIN).create_app, ["state_factory", "superexec_auth_secret"])
+    if "create_app" not in _module(SUPERNODE_CLI)._start_supernode_http_api.__code__.co_names:  # pylint: disable=W0212
+        raise AssertionError(f"{SUPERNODE_CLI} no longer builds its runtime app with flwr.supernode.main.create_app")
+    state = _module("flwr.supernode.nodestate.in_memory_nodestate").InMemoryNodeState
+    _params(state.create_task, ["self"])
+    _params(_module("flwr.supercore.object_store.in_memory_object_store").InMemoryObjectStore.put,
+            ["self", "object_id", "object_content"])
+    _check_answers()
     utils = _module(INFLATABLE_UTILS)
     for function in (utils.pull_objects, utils.pull_and_inflate_object_from_tree):
         _keyword_params(function, PULL_PARAMETERS)
@@ -119,18 +131,80 @@ def _check_supernode() -> None:
             raise AssertionError(f"{function.__qualname__} has no keyword defaults")
 
 
-def capped_time(cap: float) -> types.ModuleType:
-    """A stand-in for the ``time`` module whose ``sleep`` never exceeds ``cap`` seconds."""
+def capped_time(cap: float, wake: Any = None) -> types.ModuleType:
+    """A stand-in for the ``time`` module whose ``sleep`` never exceeds ``cap`` seconds.
+
+    With ``wake`` (a :class:`~alphafed_flwr.deploy.longpoll.Pulse`), a sleep under a second
+    (the SuperNode's waits for its ClientApp's reply and for the reply's objects) also ends
+    when ``wake`` fires, or fired since the previous such sleep ended: the caller looks
+    again at once.
+    """
     shim = types.ModuleType("time")
     shim.__dict__.update({k: getattr(time, k) for k in dir(time) if not k.startswith("__")})
-    shim.sleep = lambda seconds: time.sleep(min(seconds, cap))  # type: ignore[attr-defined]
+    seen = [wake.generation if wake is not None else 0]
+
+    def sleep(seconds: float) -> None:
+        if wake is None or seconds >= 1:
+            time.sleep(min(seconds, cap))
+            return
+        wake.wait(seen[0], min(seconds, cap))
+        seen[0] = wake.generation
+
+    shim.sleep = sleep  # type: ignore[attr-defined]
     return shim
 
 
-def cap_supernode_sleeps(cap: float) -> None:
-    """Cap the SuperNode's fixed sleeps (3 s after an empty pull, 0.5 s reply polls) at ``cap``."""
+def cap_supernode_sleeps(cap: float, wake: Any = None) -> None:
+    """Cap the SuperNode's fixed sleeps (3 s after an empty pull, 0.5 s reply polls) at ``cap``;
+    with ``wake``, the reply polls also end when it fires (:func:`capped_time`)."""
     check_flower("supernode")
-    _module(SUPERNODE_INTERNAL).time = capped_time(cap)  # type: ignore[attr-defined]
+    _module(SUPERNODE_INTERNAL).time = capped_time(cap, wake)  # type: ignore[attr-defined]
+
+
+def supernode_long_polls(hold: float) -> Any:
+    """Serve the SuperNode's runtime API through :class:`~alphafed_flwr.deploy.longpoll.LongPoll`.
+
+    Held: the executor's ``AcquireTask`` (woken when the node state creates a task) and its
+    object pulls (woken when the node stores an object). Returns the pulse that the
+    executor's pushes (reply, its objects, task output) fire, for :func:`cap_supernode_sleeps`.
+    """
+    check_flower("supernode")
+    from alphafed_flwr.deploy.longpoll import LongPoll, Pull, Pulse, Rules  # pylint: disable=C0415
+
+    main = _module(SUPERNODE_MAIN)
+    create_app = main.create_app
+    tasks, objects, replies = Pulse(), Pulse(), Pulse()
+    runtime = "/v1/runtime/"
+    rules = Rules(
+        pulls={runtime + "acquire-task": Pull(_empty("acquire-task"), tasks),
+               runtime + "pull-object": Pull(_empty("pull-object"), objects)},
+        pushes={runtime + name: (replies,) for name in ("push-messages", "push-object", "push-task-output")},
+    )
+
+    def create_long_polling_app(state_factory: Any = None, superexec_auth_secret: bytes | None = None) -> Any:
+        app = create_app(state_factory=state_factory, superexec_auth_secret=superexec_auth_secret)
+        _require_routes(app, rules)
+        if state_factory is not None:
+            state = state_factory.state()
+            _fire_after(state, "create_task", tasks)
+            _fire_after(state.object_store, "put", objects)
+        return LongPoll(app, rules, hold)
+
+    main.create_app = create_long_polling_app
+    return replies
+
+
+def _fire_after(owner: Any, name: str, pulse: Any) -> None:
+    """Make ``owner.name(...)`` fire ``pulse`` after it returns (this instance only)."""
+    method = getattr(owner, name)
+
+    def fired(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        finally:
+            pulse.fire()
+
+    setattr(owner, name, fired)
 
 
 def set_pull_defaults(**defaults: float | None) -> None:
@@ -142,6 +216,86 @@ def set_pull_defaults(**defaults: float | None) -> None:
     utils = _module(INFLATABLE_UTILS)
     for function in (utils.pull_objects, utils.pull_and_inflate_object_from_tree):
         function.__kwdefaults__.update(defaults)
+
+
+SUPERNODE_MAIN = "flwr.supernode.main"
+SUPERNODE_CLI = "flwr.supernode.cli.flower_supernode"
+
+
+# --------------------------------------------------------------------------- long polls
+def _no(field: str) -> Callable[[Any], bool]:
+    return lambda answer: len(getattr(answer, field)) == 0
+
+
+#: Pull route name -> (protobuf module, answer class, whether an answer is empty: may wait).
+_ANSWERS: dict[str, tuple[str, str, Callable[[Any], bool]]] = {
+    "fleet-pull-messages": ("flwr.proto.fleet_pb2", "PullMessagesResponse", _no("messages_list")),
+    "pull-messages": ("flwr.proto.runtime_pb2", "PullAppMessagesResponse", _no("messages_list")),
+    "pull-object": ("flwr.proto.message_pb2", "PullObjectResponse",
+                    lambda answer: answer.object_found and not answer.object_available),
+    "acquire-task": ("flwr.proto.runtime_pb2", "AcquireTaskResponse", lambda answer: not answer.HasField("task")),
+}
+
+
+@functools.cache
+def _empty(name: str) -> Callable[[bytes], bool]:
+    """Whether a serialized answer of the pull route ``name`` (a key of ``_ANSWERS``) is empty."""
+    module, answer, empty = _ANSWERS[name]
+    cls = getattr(_module(module), answer)
+
+    def is_empty(body: bytes) -> bool:
+        message = cls()
+        message.ParseFromString(body)
+        return bool(empty(message))
+
+    return is_empty
+
+
+def _check_answers() -> None:
+    for module, answer, empty in _ANSWERS.values():
+        empty(getattr(_module(module), answer)())  # the fields exist; an empty answer parses
+
+
+def _require_routes(app: Any, rules: Any) -> None:
+    """Fail loudly if the app no longer serves a route the long polls hold or watch."""
+    from fastapi.routing import iter_route_contexts  # pylint: disable=import-outside-toplevel
+
+    served = {context.path for context in iter_route_contexts(app.routes)}
+    missing = sorted((set(rules.pulls) | set(rules.pushes)) - served)
+    if missing:
+        raise FlowerCompatError(f"Flower {flower_version()} no longer serves {missing}; the long polls need them")
+
+
+def superlink_long_polls(app: Any, hold: float) -> Any:
+    """Flower's SuperLink app, its pulls held while their answers are empty.
+
+    Held: a SuperNode's message pull (woken by the ServerApp's pushes), the ServerApp's
+    reply pull (woken by SuperNodes' pushes), object pulls of either (woken by any push
+    of objects or messages), and the SuperExec's ``AcquireTask`` (woken by a run start).
+    """
+    check_flower("superlink")
+    from alphafed_flwr.deploy.longpoll import LongPoll, Pull, Pulse, Rules  # pylint: disable=C0415
+
+    messages, replies, objects, tasks = Pulse(), Pulse(), Pulse(), Pulse()
+    fleet, runtime = "/v1/fleet/", "/v1/runtime/"
+    rules = Rules(
+        pulls={
+            fleet + "pull-messages": Pull(_empty("fleet-pull-messages"), messages),
+            runtime + "pull-messages": Pull(_empty("pull-messages"), replies),
+            fleet + "pull-object": Pull(_empty("pull-object"), objects),
+            runtime + "pull-object": Pull(_empty("pull-object"), objects),
+            runtime + "acquire-task": Pull(_empty("acquire-task"), tasks),
+        },
+        pushes={
+            runtime + "push-messages": (messages, objects),
+            fleet + "push-messages": (replies, objects),
+            fleet + "push-object": (objects,),
+            runtime + "push-object": (objects,),
+            "/v1/control/start-run": (tasks,),
+        },
+    )
+    _require_routes(app, rules)
+    return LongPoll(app, rules, hold)
 
 
 # --------------------------------------------------------------------------- superlink
@@ -171,6 +325,7 @@ def _check_superlink() -> None:
     for module, prefix in ROUTE_PREFIXES.items():
         if _module(module).router.prefix != prefix:
             raise AssertionError(f"{module}'s routes moved from {prefix}")
+    _check_answers()
 
 
 def superlink_lifespan_config() -> Any:

@@ -3,6 +3,7 @@ trained centrally on the same columns, side by side in one run.
 
     python bench/vertical_parties.py [--rounds 10] [--mnist-rounds 5] [--mnist-k 1] [--data-dir ../shared/data]
     python bench/vertical_parties.py --speed [--speed-rounds 3] [--repeats 2] [--threads 1]
+    python bench/vertical_parties.py --speed --deployment-only   # only the loopback deployment
 
 1. Breast cancer (scikit-learn's table, FATE's hetero benchmark): the host holds the labels
    and 5 columns, collaborators A and B 15 and 10; each holds a different 90% of the
@@ -182,7 +183,7 @@ def k1_speed(args: argparse.Namespace, out: Path) -> str:
     """The two-party MNIST job at K=1: centralized, the simulation with Flower's 0.1 s dispatch
     poll and with dispatch on push (alternating, ``--repeats`` times; each run's ratio is to the
     centralized epoch measured just before it), and the loopback deployment."""
-    from vertical_mnist import COLLABORATOR, HOST, centralized, deploy  # pylint: disable=import-outside-toplevel
+    from vertical_mnist import COLLABORATOR, HOST, centralized  # pylint: disable=import-outside-toplevel
 
     print(f"K=1 speed, two-party MNIST halves, {args.speed_rounds} rounds, {args.threads} torch thread(s) per "
           f"process; load average {os.getloadavg()[0]:.1f}", flush=True)
@@ -214,15 +215,24 @@ def k1_speed(args: argparse.Namespace, out: Path) -> str:
               f"{transport * 1000:.0f} ms per exchange", flush=True)
         line += f"; simulation {names[dispatch]} {epoch:.2f}s = {ratio:.2f}x"
     if not args.skip_deployment:
-        deployed = argparse.Namespace(data_dir=args.data_dir, deploy_rounds=args.speed_rounds)
-        with environment(OMP_NUM_THREADS=str(args.threads)):
-            summary = deploy(deployed, 1, out / "speed-deployment")
-        whole, transport = per_exchange(summary)
-        print(f"  deployment K=1 (loopback)   : accuracy {summary['final_test']['accuracy']:.4f}, {whole:.3f}s per "
-              f"exchange (user code included; transport {transport * 1000:.0f} ms)", flush=True)
-        line += f"; deployment {whole:.3f}s per exchange"
+        line += "; " + k1_deployment(args, out)
     print(f"  load average at the end: {os.getloadavg()[0]:.1f}", flush=True)
     return line
+
+
+def k1_deployment(args: argparse.Namespace, out: Path) -> str:
+    """The two-party MNIST job at K=1 on the loopback deployment; its README part."""
+    from vertical_mnist import deploy  # pylint: disable=import-outside-toplevel
+
+    deployed = argparse.Namespace(data_dir=args.data_dir, deploy_rounds=args.speed_rounds)
+    load = os.getloadavg()[0]
+    with environment(OMP_NUM_THREADS=str(args.threads)):
+        summary = deploy(deployed, 1, out / "speed-deployment")
+    whole, transport = per_exchange(summary)
+    print(f"  deployment K=1 (loopback)   : accuracy {summary['final_test']['accuracy']:.4f}, {whole:.3f}s per "
+          f"exchange (user code included; transport {transport * 1000:.0f} ms); load average {load:.1f} before, "
+          f"{os.getloadavg()[0]:.1f} after", flush=True)
+    return f"deployment {whole:.3f}s per exchange (transport {transport * 1000:.0f} ms)"
 
 
 def main() -> None:
@@ -236,6 +246,8 @@ def main() -> None:
                              "dispatch poll and dispatch on push) vs loopback deployment")
     parser.add_argument("--repeats", type=int, default=2, help="simulation runs per dispatch in --speed")
     parser.add_argument("--skip-deployment", action="store_true", help="--speed without the loopback deployment")
+    parser.add_argument("--deployment-only", action="store_true",
+                        help="--speed with only the loopback deployment (no centralized or simulation runs)")
     parser.add_argument("--speed-rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of the centralized runs, and (OMP_NUM_THREADS) of every process of --speed "
@@ -245,6 +257,11 @@ def main() -> None:
     args = parser.parse_args()
     out = (ROOT / args.out).resolve()
     torch.set_num_threads(args.threads)
+    if args.speed and args.deployment_only:
+        print(f"K=1 speed, two-party MNIST halves on loopback, {args.speed_rounds} rounds, {args.threads} torch "
+              f"thread(s) per process", flush=True)
+        print(f"README: K=1 MNIST halves {args.speed_rounds} rounds: {k1_deployment(args, out)}")
+        return
     if args.speed:
         print(f"README: {k1_speed(args, out)}")
         return

@@ -20,10 +20,11 @@ def restore_flower():  # noqa: ANN201 - undo the patches after each test
     internal = importlib.import_module(compat.SUPERNODE_INTERNAL)
     utils = importlib.import_module(compat.INFLATABLE_UTILS)
     vce = importlib.import_module(compat.VCE_API)
+    supernode_main = importlib.import_module(compat.SUPERNODE_MAIN)
     pulls = {f: dict(f.__kwdefaults__) for f in (utils.pull_objects, utils.pull_and_inflate_object_from_tree)}
-    saved = (internal.time, vce.add_messages_to_queue)
+    saved = (internal.time, vce.add_messages_to_queue, supernode_main.create_app)
     yield
-    internal.time, vce.add_messages_to_queue = saved
+    internal.time, vce.add_messages_to_queue, supernode_main.create_app = saved
     for function, defaults in pulls.items():
         function.__kwdefaults__ = defaults
 
@@ -65,6 +66,78 @@ def test_supernode_sleeps_are_capped(monkeypatch: pytest.MonkeyPatch, restore_fl
     internal.time.sleep(3)  # what start_client_internal calls after an empty pull
     internal.time.sleep(0.01)
     assert slept == [0.05, 0.01]
+
+
+class _RecordingPulse:
+    """Stands in for deploy.longpoll.Pulse: records waits, never blocks."""
+
+    def __init__(self) -> None:
+        self.generation = 0
+        self.waits: list[tuple[int, float]] = []
+
+    def wait(self, seen: int, timeout: float) -> bool:
+        self.waits.append((seen, timeout))
+        return self.generation != seen
+
+
+def test_supernode_reply_waits_end_when_the_reply_arrives(restore_flower: None) -> None:
+    pulse = _RecordingPulse()
+    compat.cap_supernode_sleeps(0.05, wake=pulse)
+    internal = importlib.import_module(compat.SUPERNODE_INTERNAL)
+    internal.time.sleep(0.5)  # start_client_internal's wait for the ClientApp's reply
+    pulse.generation = 1  # the executor pushed its reply
+    internal.time.sleep(0.5)
+    internal.time.sleep(0.5)
+    # each wait is bounded by the cap and ends on any push since the previous wait ended
+    assert pulse.waits == [(0, 0.05), (0, 0.05), (1, 0.05)]
+
+
+def test_supernode_runtime_api_holds_task_pulls_until_a_task_exists(restore_flower: None) -> None:
+    from flwr.app import ConfigRecord
+    from flwr.supercore.constant import TaskType
+    from flwr.supercore.inflatable.inflatable_object import get_object_tree
+    from flwr.supercore.object_store import ObjectStoreFactory
+    from flwr.supernode.nodestate import NodeStateFactory
+
+    from alphafed_flwr.deploy.longpoll import LongPoll
+
+    compat.supernode_long_polls(hold=1.0)
+    factory = NodeStateFactory(objectstore_factory=ObjectStoreFactory())
+    app = importlib.import_module(compat.SUPERNODE_MAIN).create_app(state_factory=factory)
+    assert isinstance(app, LongPoll)
+    tasks = app.rules.pulls["/v1/runtime/acquire-task"].pulse
+    objects = app.rules.pulls["/v1/runtime/pull-object"].pulse
+    before = (tasks.generation, objects.generation)
+    factory.state().create_task(task_type=TaskType.CLIENT_APP, run_id=1, fab_hash="f")
+    record = ConfigRecord({"x": 1})
+    store = factory.state().object_store
+    store.preregister(1, get_object_tree(record))
+    store.put(record.object_id, record.deflate())
+    assert (tasks.generation, objects.generation) == (before[0] + 1, before[1] + 1)
+
+
+def test_superlink_long_polls_wrap_flowers_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from alphafed_flwr.deploy.longpoll import LongPoll, Rules
+
+    monkeypatch.setattr("sys.argv", ["flower-superlink", "--insecure", "--isolation", "process",
+                                     "--database", str(tmp_path / "db.sqlite")])
+    flower_app = compat.superlink_app(compat.superlink_lifespan_config())
+    app = compat.superlink_long_polls(flower_app, hold=1.0)
+    assert isinstance(app, LongPoll) and app.app is flower_app
+    assert {"/v1/fleet/pull-messages", "/v1/runtime/pull-messages"} <= set(app.rules.pulls)
+    with pytest.raises(compat.FlowerCompatError, match="no longer serves"):
+        compat._require_routes(flower_app, Rules(pulls={"/v1/fleet/gone": app.rules.pulls["/v1/fleet/pull-messages"]}))
+
+
+def test_empty_pull_answers_are_told_from_full_ones() -> None:
+    from flwr.proto.message_pb2 import PullObjectResponse
+    from flwr.proto.runtime_pb2 import AcquireTaskResponse
+
+    waiting = PullObjectResponse(object_found=True, object_available=False).SerializeToString()
+    there = PullObjectResponse(object_found=True, object_available=True, object_content=b"x").SerializeToString()
+    assert compat._empty("pull-object")(waiting) and not compat._empty("pull-object")(there)
+    assert not compat._empty("pull-object")(b"")  # not found at all: answered at once
+    assert compat._empty("acquire-task")(AcquireTaskResponse().SerializeToString())
 
 
 class _RecordingEvent(threading.Event):

@@ -14,6 +14,7 @@ they patch.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from alphafed_flwr import compat
 
@@ -23,9 +24,11 @@ PULL_INITIAL_BACKOFF = 0.01  # seconds; Flower's default is 1
 PULL_BACKOFF_CAP = 0.25  # seconds; Flower's default is 10
 
 
-def cap_supernode_sleeps(cap: float) -> None:
-    """Cap the SuperNode's fixed sleeps (empty pull, reply polling) at ``cap`` seconds."""
-    compat.cap_supernode_sleeps(cap)
+def cap_supernode_sleeps(cap: float, wake: Any = None) -> None:
+    """Cap the SuperNode's fixed sleeps (empty pull, reply polling) at ``cap`` seconds; with
+    ``wake`` (a :class:`~alphafed_flwr.deploy.longpoll.Pulse`), reply polling also ends when
+    it fires."""
+    compat.cap_supernode_sleeps(cap, wake)
 
 
 def quick_object_pulls() -> None:

@@ -12,6 +12,10 @@ on two uvicorn listeners in one process:
   (``/v1/control/*``, start runs, register nodes), which also needs the header
   ``x-alphafed-control-token``. A reverse proxy in front of the public port cannot reach it.
 
+Both listeners hold a pull whose answer is empty (a SuperNode's message or object pull, the
+ServerApp's reply or object pull, the SuperExec's task pull) until a push may have changed
+it, for at most ``deploy.longpoll.HOLD`` seconds, so that no party has to poll quickly.
+
 The control token is read from standard input (one line): it is in no environment,
 command line or file, so the SuperExec and the ServerApp processes it starts (task code)
 are never given it. The SuperLink runs in Flower's ``process`` isolation and this process
@@ -31,6 +35,7 @@ from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from alphafed_flwr import compat
+from alphafed_flwr.deploy.longpoll import HOLD
 
 TOKEN_HEADER = "x-alphafed-control-token"
 MIN_TOKEN_LENGTH = 16
@@ -162,7 +167,7 @@ def main() -> None:
     print(compat.check_flower("superlink"), file=sys.stderr, flush=True)
     sys.argv = ["flower-superlink", *flower_args, "--isolation", "process"]
     config = compat.superlink_lifespan_config()
-    app = compat.superlink_app(config)
+    app = compat.superlink_long_polls(compat.superlink_app(config), HOLD)
     configs = listener_configs(app, config, ours.runtime_port, token)
     print(f"SuperLink: Fleet API on {config.host}:{config.port} ({'TLS' if config.ssl_certfile else 'plain HTTP'}); "
           f"runtime and Control APIs on 127.0.0.1:{ours.runtime_port}", file=sys.stderr, flush=True)
