@@ -27,11 +27,8 @@ from typing import Any
 
 import tomli_w
 
-from alphafed_flwr.api.env import RunEnvironment, set_environment
 from alphafed_flwr.api.errors import ConfigError, TaskFailed
-from alphafed_flwr.api.hetero_nn import HeteroNNCollaboratorScheduler
 from alphafed_flwr.api.log import logger
-from alphafed_flwr.api.scheduler import DataChecker
 from alphafed_flwr.cli import exit_with
 from alphafed_flwr.compat import auth_failure_pattern, check_flower
 from alphafed_flwr.deploy.processes import (
@@ -44,7 +41,7 @@ from alphafed_flwr.deploy.processes import (
 )
 from alphafed_flwr.deploy.executor import READY as EXECUTOR_READY
 from alphafed_flwr.deploy.latency import SLEEP_CAP_ENV
-from alphafed_flwr.loader import load_object
+from alphafed_flwr.deploy.task_check import check_task
 
 EXIT_DATA_CHECK = 3
 AUTH_GRACE = 20.0  # a server may still be registering keys when a node first connects
@@ -81,10 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_data(args: argparse.Namespace) -> tuple[bool, str]:
-    """Run the ``--data-checker``."""
-    set_environment(RunEnvironment("client", "check", None, Path(args.data_dir) if args.data_dir else None, args.task_id))
-    loaded = load_object(args.data_checker, DataChecker, init_kwargs={"task_id": args.task_id})
-    return loaded.obj.execute_verification()
+    """Run the ``--data-checker`` (in a child process, see ``deploy.task_check``)."""
+    result = check_task(
+        {"check": "data-checker", "ref": args.data_checker, "task_id": args.task_id, "data_dir": args.data_dir}
+    )
+    return result["passed"], result["message"]
 
 
 def node_config(args: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -103,7 +101,7 @@ def node_config(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         path, sep, name = args.collaborator.rpartition(":")
         script = args.collaborator if not (sep and name.isidentifier()) else path
         resolved = str(Path(script).resolve()) + (f":{name}" if sep and name.isidentifier() else "")
-        load_object(resolved, HeteroNNCollaboratorScheduler)  # fail fast, here
+        check_task({"check": "collaborator", "ref": resolved})  # fail fast, here
         config["collaborator"] = resolved
     return config
 

@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 
 from alphafed_flwr import _alias
 from alphafed_flwr.api.errors import ConfigError, UserCodeError
-from alphafed_flwr.api.scheduler import launch_capture
 
 T = TypeVar("T")
 
@@ -74,6 +73,8 @@ def load_module(path: Path) -> tuple[ModuleType, list[tuple[Any, str | None]]]:
         raise ConfigError(f"cannot load '{path}' as a Python module")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
+    from alphafed_flwr.api.scheduler import launch_capture  # pylint: disable=import-outside-toplevel  # torch
+
     with launch_capture() as calls:
         try:
             spec.loader.exec_module(module)

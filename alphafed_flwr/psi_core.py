@@ -277,12 +277,13 @@ class PsiParty:
         return state
 
     @classmethod
-    def from_state(cls, ids: Iterable[Any], state: Mapping[str, Any]) -> PsiParty:
-        """Rebuild a party from ``to_state()`` and its IDs (an empty state: a fresh party)."""
+    def from_state(cls, ids: Iterable[Any], state: Mapping[str, Any], canonical: bool = False) -> PsiParty:
+        """Rebuild a party from ``to_state()`` and its IDs (an empty state: a fresh party);
+        ``canonical``: ``ids`` is already ``canonical_ids`` of them (its keys are used as is)."""
         keys = [bytes(state[k]) for k in sorted(k for k in state if k.startswith("key"))]
         order = state.get("order")
         return cls(
-            ids=list(canonical_ids(ids)),
+            ids=list(ids if canonical else canonical_ids(ids)),
             keys=keys,
             order=None if order is None else np.asarray(order, dtype=np.int64),
             meta=json.loads(bytes(state["meta"])) if "meta" in state else {},

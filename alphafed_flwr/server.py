@@ -31,8 +31,6 @@ from pathlib import Path
 from typing import Any
 
 from alphafed_flwr.api.errors import ConfigError, TaskFailed
-from alphafed_flwr.api.fed_avg import FedAvgScheduler
-from alphafed_flwr.api.hetero_nn import HeteroNNHostScheduler
 from alphafed_flwr.api.log import logger
 from alphafed_flwr.cli import exit_with
 from alphafed_flwr.deploy.bundle import build_fab
@@ -47,8 +45,8 @@ from alphafed_flwr.deploy.processes import (
     python_module,
     require_flower_scripts,
 )
-from alphafed_flwr.families import family_of
-from alphafed_flwr.loader import TaskRef, load_object
+from alphafed_flwr.deploy.task_check import check_task
+from alphafed_flwr.loader import TaskRef
 from alphafed_flwr.settings import RUN, VERTICAL_SERVER, RunSettings, add_flags
 
 
@@ -126,9 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if bool(args.host) == bool(args.task):
         raise ConfigError("give either a task file (FedAvg/FedSGD) or --host host.py (vertical)")
     ref = TaskRef.parse(args.host or args.task)
-    loaded = load_object(ref, HeteroNNHostScheduler if args.host else FedAvgScheduler)  # fail fast
-    kind = family_of(loaded.obj).kind
-    task_id = args.task_id or loaded.task_id or loaded.obj.task_id
+    checked = check_task({"check": "host" if args.host else "task", "ref": str(ref)})  # fail fast
+    kind = checked["family"]
+    task_id = args.task_id or checked["task_id"]
     out = Path(args.out).resolve()
     lock = claim_folder(out, "server")  # noqa: F841 - held while the server runs
     tls_flags, _ = tls_settings(args)

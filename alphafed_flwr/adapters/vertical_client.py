@@ -10,6 +10,7 @@ restarted task can resume.
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,8 +71,9 @@ from .feature_replay import (
     replay_backward,
     replay_features,
 )
+from .live_state import LIVE_TOKEN, KeptGraph, LiveEntry, LiveState, backward_kept, forward_kept
 from .outputs import save_state_dict, write_json
-from .records import arrays_to_state, restore_optimizer, save_optimizer, state_to_arrays
+from .records import OPT_ARRAYS, OPT_CONFIG, arrays_to_state, restore_optimizer, save_optimizer, state_to_arrays
 from .templates import SchedulerSource, party_scheduler, stable_seed
 from .vertical_common import (
     RoundCheckpoints,
@@ -89,6 +91,9 @@ STATE = "vertical"
 MODEL = "feature.model"
 OPT_PREFIX = "feature."
 PSI_ARRAYS, PSI_KEYS = "psi.arrays", "psi.keys"
+# A collaborator's IDs during its PSI (``canonical_ids`` of ``local_ids()``), by scheduler:
+# computed once, not at each of the PSI's messages (about a second at 1,000,000 IDs).
+_PSI_IDS: weakref.WeakKeyDictionary[HeteroNNCollaboratorScheduler, dict[str, Any]] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,10 @@ class CollaboratorSettings:
         Seed of the feature model's initialisation.
     max_abs : float
         Largest absolute value accepted in a gradient from the host (``checks``).
+    live_state : bool
+        Keep the feature model, its optimizer and (one batch per exchange) the sent
+        features' autograd graph in this process between messages, with a snapshot file for
+        other processes, instead of in ``context.state`` (``live_state``; simulation).
     """
 
     task_id: str = "local-task"
@@ -115,6 +124,7 @@ class CollaboratorSettings:
     data_dir: str | None = None
     seed: int | None = None
     max_abs: float = DEFAULT_MAX_ABS
+    live_state: bool = False
 
 
 class VerticalCollaborator:
@@ -137,6 +147,8 @@ class VerticalCollaborator:
         if STATE not in self.state.config_records:
             self.state[STATE] = ConfigRecord()
         self.config = self.state.config_records[STATE]
+        self.live = LiveState(f"{context.run_id}:{context.node_id}", self.folder / "live")
+        self.entry: LiveEntry | None = None
 
     def _environment(self, sched: Any) -> RunEnvironment:
         settings = self.settings
@@ -170,14 +182,17 @@ class VerticalCollaborator:
 
     def psi(self, payload: dict[str, Any]) -> dict[str, Any]:
         """One step of the private set intersection (see ``alphafed_flwr.psi``)."""
-        local = self.sched.local_ids()
-        party = PsiParty.from_state(local, self._psi_state())
+        originals = _PSI_IDS.get(self.sched)
+        if originals is None:
+            originals = _PSI_IDS[self.sched] = canonical_ids(self.sched.local_ids())
+        party = PsiParty.from_state(originals, self._psi_state(), canonical=True)
         try:  # the collaborator keeps the protocol's state and refuses what it does not allow
             reply, mine = collaborator_step(party, payload)
         finally:  # a refusal is kept too: it ends this party's PSI for the task
             self._save_psi_state(party)
         if mine is not None:
-            self._set_intersection(mine, local)
+            del _PSI_IDS[self.sched]
+            self.sched.set_intersection(originals[i] for i in mine)
             train_ids, test_ids = check_split(self.key, self.sched.train_ids, self.sched.test_ids)
             reply.update(
                 {
@@ -186,7 +201,8 @@ class VerticalCollaborator:
                     TEST_SIZE: len(test_ids),
                 }
             )
-            self.config["intersection"] = list(mine)
+            if not self.settings.live_state:  # else read from psi.json (a smaller context.state)
+                self.config["intersection"] = list(mine)
             write_json(self.folder / "psi.json", {"intersection": list(mine)})
         return reply
 
@@ -230,18 +246,28 @@ class VerticalCollaborator:
         if apply and sched.is_feature_trainable:
             for index, grad in zip(apply, grads, strict=True):
                 optimizer.zero_grad(set_to_none=True)
-                replay_backward(model, recorded.batch(index), grad, self._seed(server_round, index))
+                graph = self._kept_graph(server_round, index)
+                if graph is not None:
+                    backward_kept(model, graph, grad)
+                else:
+                    replay_backward(model, recorded.batch(index), grad, self._seed(server_round, index))
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+        kept: KeptGraph | None = None
         if send:
             assert recorded is not None
-            reply[FEATURES] = [
-                replay_features(model, recorded.batch(i), self._seed(server_round, i)) for i in send
-            ]
+            if self.settings.live_state and len(send) == 1 and sched.is_feature_trainable:
+                features, kept = forward_kept(model, recorded.batch(send[0]), self._seed(server_round, send[0]),
+                                              server_round, send[0])
+                reply[FEATURES] = [features]
+            else:
+                reply[FEATURES] = [
+                    replay_features(model, recorded.batch(i), self._seed(server_round, i)) for i in send
+                ]
             self.config["feature-tail"] = [int(d) for d in reply[FEATURES][0].shape[1:]]
             reply[DIGESTS] = [recorded.digests[i] if i < len(recorded.digests) else "" for i in send]
         model_seconds += time.perf_counter() - tick
-        self._save_model()
+        self._save_model(kept)
         if payload.get(FINISH):
             self._finish_round(server_round)
         if payload.get(TEST):
@@ -271,6 +297,16 @@ class VerticalCollaborator:
             if grad.shape[0] != sizes[index]:
                 raise ArrayRejected(f"{what} from the host rejected: {grad.shape[0]} rows for {sizes[index]} samples")
         return grads
+
+    def _kept_graph(self, server_round: int, index: int) -> KeptGraph | None:
+        """The graph kept when this batch's features were sent, if this process still holds
+        it for the model's current version (used once)."""
+        graph = self.entry.graph if self.entry is not None else None
+        if graph is None or (graph.server_round, graph.index) != (server_round, index):
+            return None
+        assert self.entry is not None
+        self.entry.graph = None
+        return graph
 
     def _seed(self, server_round: int, index: int) -> int:
         return batch_seed(self.settings.task_id, self.key, server_round, index)
@@ -303,18 +339,33 @@ class VerticalCollaborator:
         return {TEST_FEATURES: features, TEST_DIGESTS: digests}
 
     def _load_model(self) -> None:
+        """The feature model and optimizer of the node's current version: live in this
+        process, from the live snapshot, from ``context.state``, or new."""
         sched = self.sched
+        token = str(self.config.get(LIVE_TOKEN, ""))
+        self.entry = self.live.current(token, sched)
+        if self.entry is not None:
+            return
         record = self.state.array_records.get(MODEL)
-        if record is None:
+        if record is not None:
+            sched.feature_model.load_state_dict(arrays_to_state(record))
+        elif not token:
             if self.settings.seed is not None:
                 torch.manual_seed(stable_seed(self.settings.seed, self.key))
             sched.reset_feature_model()
-        else:
-            sched.feature_model.load_state_dict(arrays_to_state(record))
         sched.reset_feature_optimizer()
-        restore_optimizer(self.state, sched.feature_optimizer, OPT_PREFIX)
+        if token and record is None:
+            self.live.load(token, sched.feature_model, sched.feature_optimizer)
+        else:
+            restore_optimizer(self.state, sched.feature_optimizer, OPT_PREFIX)
 
-    def _save_model(self) -> None:
+    def _save_model(self, graph: KeptGraph | None = None) -> None:
+        if self.settings.live_state:
+            self.config[LIVE_TOKEN] = self.live.save(self.sched, graph)
+            for key in (MODEL, OPT_PREFIX + OPT_ARRAYS, OPT_PREFIX + OPT_CONFIG):
+                self.state.pop(key, None)
+            return
+        self.config.pop(LIVE_TOKEN, None)
         self.state[MODEL] = state_to_arrays(self.sched.feature_model.state_dict())
         save_optimizer(self.state, self.sched.feature_optimizer, OPT_PREFIX)
 
@@ -333,12 +384,15 @@ class VerticalCollaborator:
         saved = read_json(self.folder / "psi.json")
         if saved is None:
             raise ConfigError(f"'{self.key}' has no saved intersection to resume from")
-        self.config["intersection"] = list(saved["intersection"])
+        if not self.settings.live_state:
+            self.config["intersection"] = list(saved["intersection"])
         self._save_model()
 
     def _ensure_intersection(self) -> None:
         if self.sched._intersection is None:  # pylint: disable=protected-access
             saved = self.config.get("intersection")
+            if saved is None:  # live state: the intersection is only in psi.json
+                saved = (read_json(self.folder / "psi.json") or {}).get("intersection")
             if saved is None:
                 raise ConfigError(f"'{self.key}': training started before the private set intersection")
             self._set_intersection(list(saved), self.sched.local_ids())  # type: ignore[arg-type]

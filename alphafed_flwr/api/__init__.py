@@ -1,49 +1,38 @@
-"""The AlphaFed scheduler API (pure torch; Flower is never imported here)."""
+"""The AlphaFed scheduler API (pure torch; Flower is never imported here).
 
-from .env import RunEnvironment
-from .errors import AlphaFedError, ConfigError, NotProvidedError, TaskFailed, UserCodeError
-from .fed_avg import FedAvgScheduler, FedSGDScheduler
-from .fed_prox import FedProxScheduler
-from .fs import (
-    get_dataset_dir,
-    get_model_dir,
-    get_result_dir,
-    get_root_dir,
-    get_runtime_dir,
-    get_share_dir,
-)
-from .hetero_nn import HeteroNNCollaboratorScheduler, HeteroNNHostScheduler
-from .loggers import logger, task_logger
-from .metrics import register_metrics
-from .mock import is_mock_mode, mock_context, mock_node_id, mock_nodes
-from .scheduler import DataChecker, Scheduler, TaskComplete
+Names load on first use (PEP 562), so that ``alphafed_flwr.api.errors`` and ``.log`` stay
+free of torch: the deployment commands import them and keep torch out of their own process.
+"""
 
-__all__ = [
-    "AlphaFedError",
-    "ConfigError",
-    "DataChecker",
-    "FedAvgScheduler",
-    "FedProxScheduler",
-    "FedSGDScheduler",
-    "HeteroNNCollaboratorScheduler",
-    "HeteroNNHostScheduler",
-    "NotProvidedError",
-    "RunEnvironment",
-    "Scheduler",
-    "TaskComplete",
-    "TaskFailed",
-    "UserCodeError",
-    "get_dataset_dir",
-    "get_model_dir",
-    "get_result_dir",
-    "get_root_dir",
-    "get_runtime_dir",
-    "get_share_dir",
-    "is_mock_mode",
-    "logger",
-    "mock_context",
-    "mock_node_id",
-    "mock_nodes",
-    "register_metrics",
-    "task_logger",
-]
+import importlib
+from typing import Any
+
+_SOURCES = {
+    "RunEnvironment": "env",
+    "AlphaFedError": "errors", "ConfigError": "errors", "NotProvidedError": "errors",
+    "TaskFailed": "errors", "UserCodeError": "errors",
+    "FedAvgScheduler": "fed_avg", "FedSGDScheduler": "fed_avg",
+    "FedProxScheduler": "fed_prox",
+    "get_dataset_dir": "fs", "get_model_dir": "fs", "get_result_dir": "fs", "get_root_dir": "fs",
+    "get_runtime_dir": "fs", "get_share_dir": "fs",
+    "HeteroNNCollaboratorScheduler": "hetero_nn", "HeteroNNHostScheduler": "hetero_nn",
+    "logger": "loggers", "task_logger": "loggers",
+    "register_metrics": "metrics",
+    "is_mock_mode": "mock", "mock_context": "mock", "mock_node_id": "mock", "mock_nodes": "mock",
+    "DataChecker": "scheduler", "Scheduler": "scheduler", "TaskComplete": "scheduler",
+}
+
+__all__ = sorted(_SOURCES)
+
+
+def __getattr__(name: str) -> Any:
+    source = _SOURCES.get(name)
+    if source is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{source}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_SOURCES))
