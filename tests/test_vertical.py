@@ -27,7 +27,7 @@ from vertical_tasks import (
     sgd,
 )
 
-from alphafed_flwr.adapters import templates
+from alphafed_flwr.adapters import live_state, templates
 from alphafed_flwr.adapters.feature_replay import InputStore, batch_seed, frozen_buffers, ids_digest
 from alphafed_flwr.adapters.records import arrays_to_state
 from alphafed_flwr.adapters.templates import PickledTemplate
@@ -35,7 +35,7 @@ from alphafed_flwr.adapters.vertical_client import MODEL, CollaboratorSettings, 
 from alphafed_flwr.adapters.vertical_common import ids_set_digest, split_digest
 from alphafed_flwr.adapters.vertical_host import VerticalHost, VerticalSettings, run_vertical_host
 from alphafed_flwr.api import TaskComplete, TaskFailed
-from alphafed_flwr.api.errors import UserCodeError
+from alphafed_flwr.api.errors import ConfigError, UserCodeError
 from alphafed_flwr.strategies.payload import decode, encode
 from alphafed_flwr.strategies.split_learning import SplitLearning
 
@@ -46,17 +46,19 @@ def fresh_process() -> None:
     """What a new deployment process sees: no cached schedulers, no inputs in memory."""
     templates._instances.clear()
     InputStore._memory.clear()
+    live_state.forget_all()
 
 
 def run(tmp_path: Path, host: Host, collaborators: list[Collaborator], rounds: int | None = 2, k: int = 1,
         fresh: bool = True, wrap: Callable[[Handler], Handler] | None = None,
-        grids: list[FakeGrid] | None = None) -> tuple[VerticalHost, dict, FakeGrid]:
+        grids: list[FakeGrid] | None = None, live: bool = False) -> tuple[VerticalHost, dict, FakeGrid]:
     """Run a host and collaborators in-process; ``wrap`` wraps each node's handler, ``grids``
-    receives the grid (to look at it after a failure)."""
+    receives the grid (to look at it after a failure), ``live``: collaborators keep their
+    state live (``CollaboratorSettings.live_state``)."""
     sources = [PickledTemplate(c) for c in collaborators]
     app = collaborator_client_app(
         lambda ctx: sources[ctx.node_config["partition-id"]],
-        lambda ctx: CollaboratorSettings(task_id=TASK, out_dir=str(tmp_path)),
+        lambda ctx: CollaboratorSettings(task_id=TASK, out_dir=str(tmp_path), live_state=live),
     )
     wrap = wrap or (lambda handler: handler)
     handlers = {100 + i: wrap(lambda m, c: app(m, c)) for i in range(len(collaborators))}
@@ -164,6 +166,72 @@ def test_split_training_matches_the_unsplit_model(
     # per round: one exchange per K batches, then one more for the last gradients
     types = [m.metadata.message_type for m in grid.sent]
     assert types.count("train.exchange") == len(keys) * 2 * (-(-4 // k) + 1)
+
+
+@pytest.mark.parametrize(("k", "batch_norm"), [(1, False), (1, True), (3, True)],
+                         ids=["dropout", "BatchNorm", "K=3 with a short last block"])
+def test_live_state_and_kept_graphs_give_the_replayed_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, k: int, batch_norm: bool
+) -> None:
+    """Kept graphs (one process) and their fallback (every message in a new process: the
+    snapshot, then a replayed forward pass) train exactly the weights of the replay path."""
+    used = {"kept": 0, "loaded": 0}
+    backward, load = live_state.backward_kept, live_state.LiveState.load
+
+    def counted_backward(*args):
+        used["kept"] += 1
+        return backward(*args)
+
+    def counted_load(self, *args):
+        used["loaded"] += 1
+        return load(self, *args)
+
+    monkeypatch.setattr("alphafed_flwr.adapters.vertical_client.backward_kept", counted_backward)
+    monkeypatch.setattr(live_state.LiveState, "load", counted_load)
+    states = {}
+    for name, live, fresh in (("replay", False, True), ("kept", True, False), ("fallback", True, True)):
+        fresh_process()
+        used.update(kept=0, loaded=0)
+        host = Host(max_rounds=2, log_rounds=1, batch_norm=batch_norm)
+        vertical, summary, _ = run(tmp_path / name, host, [Collaborator(batch_norm=batch_norm)], k=k,
+                                   fresh=fresh, live=live)
+        assert summary["status"] == "completed"
+        states[name] = {
+            **{f"host/{n}": v for n, v in vertical.scheduler.feature_model.state_dict().items()},
+            **{f"infer/{n}": v for n, v in vertical.scheduler.infer_model.state_dict().items()},
+            **torch.load(tmp_path / name / "collaborators" / "c1" / "feature_model.pt"),
+        }
+        # 4 batches a round, 2 rounds: with K=1 every gradient meets its kept graph; with K=3
+        # only the short last block's single batch does; a new process for every message never
+        kept = {1: 8, 3: 2}[k] if name == "kept" else 0
+        assert used == {"kept": kept, "loaded": (2 * (-(-4 // k) + 1) - 1 if name == "fallback" else 0)}
+    for name in ("kept", "fallback"):
+        assert list(states[name]) == list(states["replay"])
+        for key, value in states["replay"].items():
+            assert torch.equal(states[name][key], value), (name, key)
+
+
+def test_live_state_keeps_the_model_out_of_the_context(tmp_path: Path) -> None:
+    """Only a token travels in context.state; a lost snapshot is an error that names it."""
+    contexts: list[Context] = []
+
+    def spy(handler: Handler) -> Handler:
+        def wrapped(message: Message, context: Context) -> Message:
+            contexts.append(context)
+            return handler(message, context)
+        return wrapped
+
+    run(tmp_path, Host(max_rounds=1), [Collaborator()], rounds=1, fresh=False, live=True, wrap=spy)
+    state = contexts[-1].state
+    assert MODEL not in state.array_records and not any(k.startswith("feature.optimizer") for k in state)
+    assert "intersection" not in state.config_records["vertical"]
+    token = str(state.config_records["vertical"][live_state.LIVE_TOKEN])
+    snapshot = tmp_path / "collaborators" / "c1" / "live" / live_state.SNAPSHOT
+    assert snapshot.exists()
+    snapshot.unlink()
+    model = collaborator_model()
+    with pytest.raises(ConfigError, match=token):
+        live_state.LiveState("x", snapshot.parent).load(token, model, sgd(model))
 
 
 def test_k_batches_per_exchange_cut_the_messages(tmp_path: Path) -> None:

@@ -49,7 +49,8 @@ def simulate_vertical(host_ref: str | None, collaborator_refs: list[str], settin
     templates = [PickledTemplate(c) for c in collaborators]
     host_template = PickledTemplate(host)
     host_settings = settings.vertical_settings(mode="simulation", host=host_ref, collaborators=collaborator_refs)
-    client_settings = settings.collaborator_settings()
+    # a private Ray instance runs every actor on this machine: they share the live snapshots
+    client_settings = dataclasses.replace(settings.collaborator_settings(), live_state=settings.ray_address is None)
     summary: dict[str, Any] = {}
     server_app = ServerApp()
 
