@@ -326,6 +326,77 @@ def _check_superlink() -> None:
         if _module(module).router.prefix != prefix:
             raise AssertionError(f"{module}'s routes moved from {prefix}")
     _check_answers()
+    _params(_module(SUPERLINK_MAIN).get_objectstore_linkstate_factories, ["database", "federation_manager"])
+    if "get_objectstore_linkstate_factories" not in _module(SUPERLINK_MAIN).create_app.__code__.co_names:
+        raise AssertionError("the SuperLink's create_app no longer builds its state with get_objectstore_linkstate_factories")
+    _params(_module(LINKSTATE_FACTORY).LinkStateFactory.__init__,
+            ["self", "database", "federation_manager", "objectstore_factory"])
+    sweep = _module(SQL_CORESTATE).SqlCoreState._cleanup_expired_task_tokens  # pylint: disable=protected-access
+    _params(sweep, ["self"])
+    if "active_until" not in inspect.getsource(_module(SQL_CORESTATE).SqlCoreState.get_task_by_token):
+        raise AssertionError("SqlCoreState.get_task_by_token no longer checks a token's expiry itself")
+
+
+SQL_CORESTATE = "flwr.supercore.corestate.sql_corestate"
+
+
+def throttle_task_token_cleanup(interval: float) -> None:
+    """Sweep the SuperLink's expired task claims at most once every ``interval`` seconds.
+
+    Flower's SQL state sweeps them (two ``UPDATE`` statements, a write transaction) before
+    nearly every request: each task-token check, run-status check and task query. On a
+    busy loopback deployment that is a third of the SuperLink's database time, and the
+    write lock serializes concurrent requests. Token checks do not depend on the sweep
+    (an expired token is refused by its own ``active_until``), so a sweep at most
+    ``interval`` seconds late only delays marking a task that stopped sending heartbeats
+    as failed, by that much.
+    """
+    check_flower("superlink")
+    state = _module(SQL_CORESTATE).SqlCoreState
+    sweep = state._cleanup_expired_task_tokens  # pylint: disable=protected-access
+    if getattr(sweep, "_alphafed_throttled", False):
+        return
+
+    def throttled(self: Any) -> None:
+        now = time.monotonic()
+        last = self.__dict__.get("_alphafed_swept_at")
+        if last is not None and now - last < interval:
+            return
+        self.__dict__["_alphafed_swept_at"] = now
+        sweep(self)
+
+    throttled._alphafed_throttled = True  # type: ignore[attr-defined]
+    state._cleanup_expired_task_tokens = throttled  # pylint: disable=protected-access
+
+
+def keep_superlink_objects_in_memory() -> None:
+    """Keep the SuperLink's message objects in memory; its link state stays in its database.
+
+    Flower stores every object of every message (arrays included) in the SuperLink's SQLite
+    database, writes it, reads it and deletes it again once the receiver confirmed it:
+    most of the SuperLink's time on a loopback split-learning run. The objects only live
+    while their message is in flight, and a restarted server stops the runs it finds
+    unfinished, so nothing needs them after a restart: node registrations, runs and their
+    status (what a restart uses) stay in the database.
+    """
+    check_flower("superlink")
+    main = _module(SUPERLINK_MAIN)
+    factories = main.get_objectstore_linkstate_factories
+    if getattr(factories, "_alphafed_in_memory", False):
+        return
+    object_store = _module("flwr.supercore.object_store")
+    in_memory = _module("flwr.supercore.constant").FLWR_IN_MEMORY_DB_NAME
+    linkstate_factory = _module(LINKSTATE_FACTORY).LinkStateFactory
+
+    def objects_in_memory(database: str, federation_manager: Any) -> tuple[Any, Any]:
+        objects, state = factories(database, federation_manager)
+        if type(objects) is not object_store.ObjectStoreFactory:  # pylint: disable=unidiomatic-typecheck
+            return objects, state  # another backend: left alone
+        objects = object_store.ObjectStoreFactory(in_memory)
+        return objects, linkstate_factory(database, federation_manager, objects)
+
+    objects_in_memory._alphafed_in_memory = True  # type: ignore[attr-defined]
+    main.get_objectstore_linkstate_factories = objects_in_memory
 
 
 def superlink_lifespan_config() -> Any:

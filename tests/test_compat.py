@@ -129,6 +129,35 @@ def test_superlink_long_polls_wrap_flowers_app(tmp_path: Path, monkeypatch: pyte
         compat._require_routes(flower_app, Rules(pulls={"/v1/fleet/gone": app.rules.pulls["/v1/fleet/pull-messages"]}))
 
 
+def test_superlink_sweeps_expired_task_claims_at_most_once_per_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    state = importlib.import_module(compat.SQL_CORESTATE).SqlCoreState
+    sweeps: list[object] = []
+    monkeypatch.setattr(state, "_cleanup_expired_task_tokens", sweeps.append)
+    compat.throttle_task_token_cleanup(3600.0)
+    compat.throttle_task_token_cleanup(3600.0)  # a second call does not wrap twice
+    first, second = types.SimpleNamespace(), types.SimpleNamespace()
+    for owner in (first, first, second, first):
+        state._cleanup_expired_task_tokens(owner)
+    assert sweeps == [first, second]  # once per state within the interval
+
+
+def test_superlink_keeps_objects_in_memory_and_its_state_in_the_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    main = importlib.import_module(compat.SUPERLINK_MAIN)
+    monkeypatch.setattr(main, "get_objectstore_linkstate_factories", main.get_objectstore_linkstate_factories)
+    monkeypatch.setattr("sys.argv", ["flower-superlink", "--insecure", "--isolation", "process",
+                                     "--database", str(tmp_path / "db.sqlite")])
+    compat.keep_superlink_objects_in_memory()
+    compat.keep_superlink_objects_in_memory()  # a second call does not wrap twice
+    state = compat.superlink_app(compat.superlink_lifespan_config()).state.linkstate_factory.state()
+    from flwr.server.superlink.linkstate.sql_linkstate import SqlLinkState
+    from flwr.supercore.object_store.in_memory_object_store import InMemoryObjectStore
+
+    assert isinstance(state, SqlLinkState) and isinstance(state.object_store, InMemoryObjectStore)
+    assert (tmp_path / "db.sqlite").is_file()
+
+
 def test_empty_pull_answers_are_told_from_full_ones() -> None:
     from flwr.proto.message_pb2 import PullObjectResponse
     from flwr.proto.runtime_pb2 import AcquireTaskResponse
