@@ -7,7 +7,7 @@ Flower's ``Grid.send_and_receive`` sleeps 3 s between pulls in deployment and
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from logging import INFO
 
@@ -112,12 +112,21 @@ def exchange(
     messages: Iterable[Message],
     timeout: float,
     poll_interval: float = DEFAULT_POLL_INTERVAL,
+    meanwhile: Callable[[], None] | None = None,
 ) -> ExchangeResult:
     """Push ``messages`` and pull their replies (at most ``timeout`` seconds of pulling).
 
-    The result's ``seconds`` covers the push too (Flower's transport in deployment).
+    ``meanwhile`` runs between the push and the first pull (work that needs no reply, done
+    while the nodes compute). The result's ``seconds`` covers the push too (Flower's
+    transport in deployment), not ``meanwhile``.
     """
     start = time.monotonic()
-    result = pull(grid, push(grid, messages), timeout, poll_interval)
-    result.seconds = time.monotonic() - start
+    pending = push(grid, messages)
+    busy = 0.0
+    if meanwhile is not None:
+        tick = time.monotonic()
+        meanwhile()
+        busy = time.monotonic() - tick
+    result = pull(grid, pending, timeout, poll_interval)
+    result.seconds = time.monotonic() - start - busy
     return result

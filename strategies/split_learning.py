@@ -199,8 +199,10 @@ class SplitLearning:
         payloads: Mapping[str, Mapping[str, Any]],
         what: str,
         timeout: float | None = None,
+        meanwhile: Callable[[], None] | None = None,
     ) -> dict[str, dict[str, Any]]:
-        """One exchange: a payload per collaborator (by feature key) in, their replies out.
+        """One exchange: a payload per collaborator (by feature key) in, their replies out;
+        ``meanwhile`` runs while the collaborators compute (see ``exchange.exchange``).
 
         Raises ``ExchangeTimeout`` naming the silent parties and ``StrategyError`` with a
         collaborator's own error.
@@ -214,7 +216,7 @@ class SplitLearning:
             Message(encode(payload), self.nodes[key], message_type, ttl=timeout + self.schedule_timeout)
             for key, payload in payloads.items()
         ]
-        res = exchange(grid, messages, timeout, self.poll_interval)
+        res = exchange(grid, messages, timeout, self.poll_interval, meanwhile)
         by_node = {node: key for key, node in self.nodes.items()}
         # a reply whose objects never arrived whole: its sender died while sending it
         cut_off = [
@@ -329,11 +331,13 @@ class SplitLearning:
         k = self.batches_per_exchange
         extra = host.begin_round(server_round)
         test_now = host.is_test_round(server_round)
+        ahead: list[HostBatch | None] = []  # the host's next batch, pulled while collaborators compute
         replies = self.send(
             grid,
             EXCHANGE,
             {key: {ROUND: server_round, BEGIN: True, SEND: list(range(k)), **extra} for key in self.nodes},
             f"round {server_round}, the start and the features of {_span(list(range(k)))}",
+            meanwhile=lambda: ahead.append(host.next_batch()),
         )
         total = self._batch_count(replies)
         log(INFO, "Round %d: %d training batches per party, %d per exchange", server_round, total, k)
@@ -342,7 +346,7 @@ class SplitLearning:
             batches = list(range(first, min(first + k, total)))
             grads: dict[str, list[np.ndarray]] = {key: [] for key in self.nodes}
             for offset, index in enumerate(batches):
-                features = self._batch_features(host, replies, index, offset)
+                features = self._batch_features(replies, index, offset, ahead.pop() if ahead else host.next_batch())
                 for key, grad in self._host_gradients(host.train_batch(features), features, index).items():
                     grads[key].append(grad)
                 if time.monotonic() - last_log >= self.progress_every:
@@ -363,7 +367,8 @@ class SplitLearning:
                 if finish
                 else f"and the features of {_span(payload[SEND])}"
             )
-            replies = self.send(grid, EXCHANGE, {key: {**payload, GRADS: grads[key]} for key in self.nodes}, what)
+            replies = self.send(grid, EXCHANGE, {key: {**payload, GRADS: grads[key]} for key in self.nodes}, what,
+                                meanwhile=None if finish else lambda: ahead.append(host.next_batch()))
             if finish:
                 break
         if host.next_batch() is not None:
@@ -405,8 +410,10 @@ class SplitLearning:
         return total
 
     def _batch_features(
-        self, host: SplitLearningHost, replies: dict[str, dict[str, Any]], index: int, offset: int
+        self, replies: dict[str, dict[str, Any]], index: int, offset: int, mine: HostBatch | None
     ) -> dict[str, np.ndarray]:
+        """Collaborators' checked features of batch ``index`` (``offset`` in their replies),
+        matched against ``mine``, the host's batch (``None``: its generator has ended)."""
         what = f"training batch {index + 1}"
         features: dict[str, np.ndarray] = {}
         for key, reply in replies.items():  # every array is checked before the host's models run
@@ -414,7 +421,6 @@ class SplitLearning:
             if offset >= len(feats):
                 raise BatchMismatch(f"{what}: collaborator '{key}' sent no features")
             features[key] = self.ledger.check(f"collaborator '{key}'", "features", f"the features of {what}", feats[offset])
-        mine = host.next_batch()
         if mine is None:
             raise BatchMismatch(
                 f"{what}: the host's generator ended after {index} batches, its collaborators yield more"

@@ -83,7 +83,8 @@ def test_fedavg_runs_on_both_nodes_of_an_existing_cluster(
 
 def test_local_run_never_joins_an_address_from_the_environment() -> None:
     config = backend_config(RayPlacement(cpus_per_client=2, gpus_per_client=0.25))
-    assert config == {"client_resources": {"num_cpus": 2, "num_gpus": 0.25}, "init_args": {"address": "local"}}
+    assert config == {"client_resources": {"num_cpus": 2, "num_gpus": 0.25},
+                      "init_args": {"address": "local", "_system_config": {"max_direct_call_object_size": 1 << 20}}}
 
 
 def test_joining_passes_only_the_address() -> None:

@@ -20,7 +20,6 @@ pass updated are applied only when its gradient is).
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import secrets
@@ -36,7 +35,7 @@ from torch.optim import Optimizer
 
 from alphafed_flwr.api.errors import ConfigError
 
-from .vertical_common import load_module_arrays, load_optimizer_arrays, module_arrays, optimizer_arrays
+from .records import _decode, _encode  # pylint: disable=protected-access
 
 LIVE_TOKEN = "live-token"
 SNAPSHOT = "state.npz"
@@ -146,21 +145,30 @@ class LiveState:
             found = str(data[_TOKEN_KEY])
             if found != token:
                 raise ConfigError(f"{self.path} holds the feature model's state {found}, not {token}")
-            meta = {"feature-opt": json.loads(str(data[_META_KEY]))}
-            arrays = {k: data[k] for k in data.files if k not in (_TOKEN_KEY, _META_KEY)}
-        load_module_arrays("feature", model, arrays)
-        load_optimizer_arrays("feature-opt", optimizer, arrays, meta)
+            meta = json.loads(str(data[_META_KEY]))
+            arrays = {k: torch.from_numpy(np.array(data[k])) for k in data.files if k not in (_TOKEN_KEY, _META_KEY)}
+        model.load_state_dict({k[2:]: v for k, v in arrays.items() if k.startswith("m/")})
+        state: dict[int, dict[str, Any]] = {}
+        for key, value in [*((k[2:], v) for k, v in arrays.items() if k.startswith("o/")), *_decode(meta["scalars"]).items()]:
+            index, name = key.split("/", 1)
+            state.setdefault(int(index), {})[name] = value
+        optimizer.load_state_dict({"state": state, "param_groups": _decode(meta["param_groups"])})
         _live.pop(self.scope, None)
 
     def save(self, scheduler: Any, graph: KeptGraph | None) -> str:
         """Snapshot the scheduler's model and optimizer under a new token; keep them live."""
         token = secrets.token_hex(8)
-        arrays = module_arrays("feature", scheduler.feature_model)
-        opt_arrays, opt_meta = optimizer_arrays("feature-opt", scheduler.feature_optimizer)
-        buffer = io.BytesIO()
-        marks = {_TOKEN_KEY: np.array(token), _META_KEY: np.array(json.dumps(opt_meta["feature-opt"]))}
-        np.savez(buffer, **arrays, **opt_arrays, **marks)
-        _replace(self.path, buffer.getvalue())
+        arrays = {f"m/{k}": v.detach().cpu().numpy() for k, v in scheduler.feature_model.state_dict().items()}
+        opt = scheduler.feature_optimizer.state_dict()
+        scalars = {}
+        for index, param_state in opt["state"].items():
+            for name, value in param_state.items():
+                if isinstance(value, torch.Tensor):
+                    arrays[f"o/{index}/{name}"] = value.detach().cpu().numpy()
+                else:
+                    scalars[f"{index}/{name}"] = value
+        meta = {"param_groups": _encode(opt["param_groups"]), "scalars": _encode(scalars)}
+        _replace(self.path, {**arrays, _TOKEN_KEY: np.array(token), _META_KEY: np.array(json.dumps(meta))})
         _live[self.scope] = LiveEntry(token, scheduler, graph)
         return token
 
@@ -170,13 +178,14 @@ def forget_all() -> None:
     _live.clear()
 
 
-def _replace(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (no fsync: the file only serves this run's processes)."""
+def _replace(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` to ``path`` (``.npz``) atomically; no fsync: the file only serves
+    this run's processes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            np.savez(handle, **arrays)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

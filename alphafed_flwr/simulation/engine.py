@@ -53,6 +53,8 @@ DISPATCH_ENV = "ALPHAFED_ENGINE_DISPATCH"
 #: Seconds between the dispatcher's scans when nothing was pushed (Flower's poll).
 DISPATCH_FALLBACK_SCAN = 0.1
 OMP_THREADS_ENV = "OMP_NUM_THREADS"
+#: Largest task argument or result a private Ray instance passes inline (Ray: 100 KiB).
+INLINE_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -98,10 +100,16 @@ def backend_config(
 
     Joining a cluster passes only its address: Ray refuses ``num_cpus``/``num_gpus`` (the
     cluster's nodes declare their own resources), so such ``ray_init_args`` are an error.
+
+    A private instance passes each message and node context of up to ``INLINE_BYTES`` to
+    and from its actors inline, not through its object store (100 KiB by default): a
+    split-learning exchange whose context holds a PSI state of 120 KB took 6.5 ms there
+    instead of 2.4 ms, on every message.
     """
     init_args = dict(ray_init_args or {})
     if placement.address is None:
         init_args.setdefault("address", "local")
+        init_args.setdefault("_system_config", {"max_direct_call_object_size": INLINE_BYTES})
     else:
         clash = sorted(set(init_args) & set(_RESERVED_WHEN_ATTACHING))
         if clash:
