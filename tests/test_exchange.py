@@ -60,3 +60,28 @@ def test_pull_reports_the_nodes_that_missed_the_timeout(monkeypatch: pytest.Monk
     result = pull(grid, {"m1": 3}, timeout=5.0)  # type: ignore[arg-type]
     assert result.replies == {} and result.missing == [3]
     assert grid.pulls < 5.0 / 0.005 / 4  # backed off, not 1,000 pulls
+
+
+def test_meanwhile_runs_between_push_and_pull_and_is_not_transport_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = {"now": 0.0}
+    order: list[str] = []
+    monkeypatch.setattr(exchange.time, "monotonic", lambda: clock["now"])
+    monkeypatch.setattr(exchange.time, "sleep", lambda s: clock.__setitem__("now", clock["now"] + s))
+
+    class Grid(_Grid):
+        def push_messages(self, messages: list[Any]) -> list[str]:
+            order.append("push")
+            return ["m1"]
+
+        def pull_messages(self, ids: list[str]) -> list[Any]:
+            order.append("pull")
+            return super().pull_messages(ids)
+
+    def meanwhile() -> None:
+        order.append("meanwhile")
+        clock["now"] += 2.0  # the host's own work: not the exchange's
+
+    message = SimpleNamespace(metadata=SimpleNamespace(dst_node_id=7))
+    result = exchange.exchange(Grid(answer_at=1), [message], timeout=5.0, meanwhile=meanwhile)  # type: ignore[arg-type]
+    assert order == ["push", "meanwhile", "pull"]
+    assert list(result.replies) == [7] and result.seconds == 0.0
