@@ -32,7 +32,8 @@ Groups
 ``simulation``
     The simulation engine's 0.1 s poll of the link state (``vce_api``), replaced by a
     wait woken by every message the ServerApp's grid stores (``InMemoryGrid``, the
-    link state its factory caches).
+    link state its factory caches); the replies the engine stores wake the ServerApp's
+    pull loop the same way (``reply_event``).
 ``strategies``
     Server-side state attributes of Flower's strategies (``current_arrays``, ``m_t``,
     ``v_t``, ``momentum_vector``).
@@ -483,6 +484,13 @@ def _check_simulation() -> None:
     if "store_message_ins" not in push.__code__.co_names:
         raise AssertionError("InMemoryGrid.push_messages no longer stores through state.store_message_ins")
     _params(_module(INMEMORY_LINKSTATE).InMemoryLinkState.store_message_ins, ["self", "message"])
+    # The reply wake-up: the engine stores each reply through the state's store_message_res,
+    # and the grid keeps that state as ``state``.
+    if "store_message_res" not in vce.put_message_into_state.__code__.co_names:
+        raise AssertionError("vce_api.put_message_into_state no longer stores through state.store_message_res")
+    if "state" not in _module(INMEMORY_GRID).InMemoryGrid.__init__.__code__.co_names:
+        raise AssertionError("InMemoryGrid no longer keeps its link state as .state")
+    _params(_module(INMEMORY_LINKSTATE).InMemoryLinkState.store_message_res, ["self", "message"])
 
 
 def set_simulation_poll(interval: float) -> None:
@@ -524,22 +532,38 @@ def set_simulation_poll(interval: float) -> None:
     vce.add_messages_to_queue = add_messages_to_queue
 
 
+def reply_event(grid: Any) -> threading.Event | None:
+    """An event set after every reply the simulation engine stores for ``grid`` (Flower's
+    ``InMemoryGrid``), so that a pull loop waits on it instead of sleeping; ``None`` for
+    any other grid (deployment)."""
+    if not isinstance(grid, _module(INMEMORY_GRID).InMemoryGrid):
+        return None
+    check_flower("simulation")
+    return _wake_on(grid.state, "store_message_res", "_alphafed_replied")
+
+
 def _wake_on_push(state: Any) -> threading.Event:
     """An event set after every message stored into ``state`` (one per state, made once)."""
-    pushed = getattr(state, "_alphafed_pushed", None)
-    if pushed is None:
-        pushed = threading.Event()
-        store = state.store_message_ins
+    return _wake_on(state, "store_message_ins", "_alphafed_pushed")
 
-        def store_message_ins(message: Any) -> Any:
+
+def _wake_on(state: Any, method: str, attribute: str) -> threading.Event:
+    """An event set after every call of ``state.<method>`` (one per state and method, kept
+    as ``state.<attribute>``)."""
+    event = getattr(state, attribute, None)
+    if event is None:
+        event = threading.Event()
+        store = getattr(state, method)
+
+        def stored(message: Any) -> Any:
             try:
                 return store(message)
             finally:
-                pushed.set()
+                event.set()
 
-        state.store_message_ins = store_message_ins
-        state._alphafed_pushed = pushed  # pylint: disable=protected-access
-    return pushed
+        setattr(state, method, stored)
+        setattr(state, attribute, event)
+    return event
 
 
 # --------------------------------------------------------------------------- strategies

@@ -6,6 +6,7 @@ Flower's ``Grid.send_and_receive`` sleeps 3 s between pulls in deployment and
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -14,6 +15,8 @@ from logging import INFO
 from flwr.app import Message
 from flwr.serverapp import Grid
 from flwr.supercore import log
+
+from alphafed_flwr import compat
 
 from .errors import NodesUnavailable
 
@@ -87,13 +90,20 @@ def pull(
     pending: dict[str, int],
     timeout: float,
     poll_interval: float = DEFAULT_POLL_INTERVAL,
+    wake: threading.Event | None = None,
 ) -> ExchangeResult:
-    """Pull the replies to ``pending`` until all arrived or ``timeout`` seconds passed."""
+    """Pull the replies to ``pending`` until all arrived or ``timeout`` seconds passed.
+
+    ``wake``: an event set when a reply may have arrived (``compat.reply_event`` in
+    simulation); the loop then pulls at once instead of at its next poll.
+    """
     start = time.monotonic()
     deadline = start + timeout
     pending = dict(pending)
     result = ExchangeResult()
     while pending:
+        if wake is not None:
+            wake.clear()  # before the pull: a reply stored during it ends the next wait at once
         for reply in grid.pull_messages(list(pending)):
             node = pending.pop(reply.metadata.reply_to_message_id, None)
             if node is not None:
@@ -101,7 +111,10 @@ def pull(
         now = time.monotonic()
         if not pending or now >= deadline:
             break
-        time.sleep(poll_delay(now - start, poll_interval))
+        if wake is None:
+            time.sleep(poll_delay(now - start, poll_interval))
+        else:
+            wake.wait(poll_delay(now - start, poll_interval))
     result.missing = sorted(pending.values())
     result.seconds = time.monotonic() - start
     return result
@@ -127,6 +140,6 @@ def exchange(
         tick = time.monotonic()
         meanwhile()
         busy = time.monotonic() - tick
-    result = pull(grid, pending, timeout, poll_interval)
+    result = pull(grid, pending, timeout, poll_interval, compat.reply_event(grid))
     result.seconds = time.monotonic() - start - busy
     return result

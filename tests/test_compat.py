@@ -8,6 +8,7 @@ import threading
 import time
 import types
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -253,6 +254,19 @@ def test_simulation_dispatcher_wakes_on_push(restore_flower: None) -> None:
     dispatcher.join(60)
     assert not dispatcher.is_alive()
     assert "add_messages_to_queue" in vce.run_api.__code__.co_names  # run_api looks it up at call time
+
+
+def test_replies_stored_for_the_in_memory_grid_set_its_reply_event() -> None:
+    grid_class = importlib.import_module(compat.INMEMORY_GRID).InMemoryGrid
+    stored: list[str] = []
+    grid = grid_class.__new__(grid_class)  # only its link state matters here
+    grid.state = SimpleNamespace(store_message_res=stored.append)
+    event = compat.reply_event(grid)
+    assert event is not None and not event.is_set()
+    grid.state.store_message_res("reply")
+    assert stored == ["reply"] and event.is_set()
+    assert compat.reply_event(grid) is event  # one event per state, wrapped once
+    assert compat.reply_event(SimpleNamespace(state=grid.state)) is None  # any other grid: poll
 
 
 def test_simulation_dispatcher_scans_every_interval_without_a_push(restore_flower: None) -> None:

@@ -85,3 +85,20 @@ def test_meanwhile_runs_between_push_and_pull_and_is_not_transport_time(monkeypa
     result = exchange.exchange(Grid(answer_at=1), [message], timeout=5.0, meanwhile=meanwhile)  # type: ignore[arg-type]
     assert order == ["push", "meanwhile", "pull"]
     assert list(result.replies) == [7] and result.seconds == 0.0
+
+
+def test_pull_waits_on_the_reply_event_instead_of_sleeping(monkeypatch: pytest.MonkeyPatch) -> None:
+    waits: list[float] = []
+
+    class Wake:
+        def clear(self) -> None:
+            waits.append(-1.0)
+
+        def wait(self, seconds: float) -> bool:
+            waits.append(seconds)
+            return True
+
+    monkeypatch.setattr(exchange.time, "sleep", lambda s: pytest.fail("slept"))
+    result = pull(_Grid(answer_at=3), {"m1": 7}, timeout=600.0, wake=Wake())  # type: ignore[arg-type]
+    assert list(result.replies) == [7]
+    assert waits[::2] == [-1.0] * 3 and len(waits) == 5  # cleared before each of the 3 pulls, 2 waits
