@@ -7,7 +7,7 @@ batch's forward pass when its gradient arrives (``feature_replay``). With it:
 
 - the model and optimizer stay in the process's cached scheduler; ``context.state`` carries
   only a token naming their version (``LIVE_TOKEN``), and a snapshot file in the node's
-  folder (``<folder>/live/state.npz``, same token) serves any other process that gets the
+  folder (``<folder>/live/state.bin``, same token) serves any other process that gets the
   node's next message (another Ray actor, a restarted one);
 - at one batch per exchange, the features sent for a batch keep their autograd graph
   (``KeptGraph``) until the batch's gradient arrives, so the forward pass runs once.
@@ -38,9 +38,7 @@ from alphafed_flwr.api.errors import ConfigError
 from .records import _decode, _encode  # pylint: disable=protected-access
 
 LIVE_TOKEN = "live-token"
-SNAPSHOT = "state.npz"
-_TOKEN_KEY = "__token__"
-_META_KEY = "__meta__"
+SNAPSHOT = "state.bin"
 
 
 @dataclass
@@ -123,7 +121,7 @@ class LiveState:
     scope : str
         The node (``run_id:node_id``).
     folder : Path
-        Where the snapshot lives (``<folder>/state.npz``).
+        Where the snapshot lives (``<folder>/state.bin``).
     """
 
     def __init__(self, scope: str, folder: Path) -> None:
@@ -141,12 +139,9 @@ class LiveState:
         """Load version ``token`` from the snapshot into ``model`` and ``optimizer``."""
         if not self.path.exists():
             raise ConfigError(f"the feature model's state {token} is neither in this process nor in {self.path}")
-        with np.load(self.path, allow_pickle=False) as data:
-            found = str(data[_TOKEN_KEY])
-            if found != token:
-                raise ConfigError(f"{self.path} holds the feature model's state {found}, not {token}")
-            meta = json.loads(str(data[_META_KEY]))
-            arrays = {k: torch.from_numpy(np.array(data[k])) for k in data.files if k not in (_TOKEN_KEY, _META_KEY)}
+        found, meta, arrays = _read(self.path)
+        if found != token:
+            raise ConfigError(f"{self.path} holds the feature model's state {found}, not {token}")
         model.load_state_dict({k[2:]: v for k, v in arrays.items() if k.startswith("m/")})
         state: dict[int, dict[str, Any]] = {}
         for key, value in [*((k[2:], v) for k, v in arrays.items() if k.startswith("o/")), *_decode(meta["scalars"]).items()]:
@@ -168,7 +163,7 @@ class LiveState:
                 else:
                     scalars[f"{index}/{name}"] = value
         meta = {"param_groups": _encode(opt["param_groups"]), "scalars": _encode(scalars)}
-        _replace(self.path, {**arrays, _TOKEN_KEY: np.array(token), _META_KEY: np.array(json.dumps(meta))})
+        _write(self.path, token, meta, arrays)
         _live[self.scope] = LiveEntry(token, scheduler, graph)
         return token
 
@@ -178,16 +173,37 @@ def forget_all() -> None:
     _live.clear()
 
 
-def _replace(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write ``arrays`` to ``path`` (``.npz``) atomically; no fsync: the file only serves
-    this run's processes."""
+def _write(path: Path, token: str, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    """Write a snapshot atomically (no fsync: it only serves this run's processes): the
+    header's length (8 bytes), the JSON header (token, meta, each array's key, dtype, shape
+    and offset), then the arrays' bytes."""
+    index, offset = [], 0
+    for key, array in arrays.items():
+        index.append([key, array.dtype.str, list(array.shape), offset])
+        offset += array.nbytes
+    header = json.dumps({"token": token, "meta": meta, "arrays": index}).encode()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
+            handle.write(len(header).to_bytes(8, "little") + header)
+            for array in arrays.values():
+                handle.write(np.ascontiguousarray(array).tobytes())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
+
+def _read(path: Path) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
+    """A snapshot's token, meta and arrays (as tensors)."""
+    raw = path.read_bytes()
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + size])
+    arrays = {}
+    for key, dtype, shape, offset in header["arrays"]:
+        kind = np.dtype(dtype)
+        count = int(np.prod(shape, dtype=np.int64))
+        flat = np.frombuffer(raw, dtype=kind, count=count, offset=8 + size + offset)
+        arrays[key] = torch.from_numpy(flat.reshape(shape).copy())
+    return str(header["token"]), header["meta"], arrays
