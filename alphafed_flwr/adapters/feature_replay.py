@@ -2,7 +2,8 @@
 
 A collaborator's ``iterate_train_feature(feature_model, ids)`` is user code that loads data
 and yields ``feature_model(x)`` per batch. No process lives long enough to keep that
-generator (or an autograd graph) open across a round's messages, so:
+generator open across a round's messages (nor, in deployment, an autograd graph: see
+``live_state`` for the simulation's kept graphs), so:
 
 1. at the start of a round the generator runs once with ``RecordingModel`` in place of the
    feature model; it records each batch's input ``x`` and returns the real model's output
