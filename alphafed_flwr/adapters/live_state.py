@@ -75,7 +75,9 @@ class LiveEntry:
 _live: dict[str, LiveEntry] = {}
 
 
-def forward_kept(model: nn.Module, x: torch.Tensor, seed: int, server_round: int, index: int) -> tuple[np.ndarray, KeptGraph]:
+def forward_kept(
+    model: nn.Module, x: torch.Tensor, seed: int, server_round: int, index: int
+) -> tuple[np.ndarray, KeptGraph]:
     """One batch's features (as sent) and their kept graph; the model's buffers are unchanged.
 
     The buffers this pass updated (BatchNorm statistics, which its graph references) are
@@ -143,8 +145,9 @@ class LiveState:
         if found != token:
             raise ConfigError(f"{self.path} holds the feature model's state {found}, not {token}")
         model.load_state_dict({k[2:]: v for k, v in arrays.items() if k.startswith("m/")})
+        tensors = {k[2:]: v for k, v in arrays.items() if k.startswith("o/")}
         state: dict[int, dict[str, Any]] = {}
-        for key, value in [*((k[2:], v) for k, v in arrays.items() if k.startswith("o/")), *_decode(meta["scalars"]).items()]:
+        for key, value in {**tensors, **_decode(meta["scalars"])}.items():
             index, name = key.split("/", 1)
             state.setdefault(int(index), {})[name] = value
         optimizer.load_state_dict({"state": state, "param_groups": _decode(meta["param_groups"])})
