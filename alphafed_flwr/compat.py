@@ -10,9 +10,12 @@ start and log the result.
 
 Verified against Flower 1.41.0 and 1.42.0: ``start_client_internal.py``,
 ``inflatable_utils.py``, ``run_clientapp.py``, ``flower_superlink.py``, ``config_loader.py``,
-``vce_api.py``, ``inmemory_grid.py``, ``linkstate_factory.py``, ``in_memory_linkstate.py``
-and the strategies are byte-identical; ``superlink/main.py`` differs only by
-a tracing middleware (``create_app`` has the same signature).
+``vce_api.py``, ``inmemory_grid.py``, ``linkstate_factory.py``, ``in_memory_linkstate.py``,
+``flower_supernode.py``, the fleet and runtime routers, ``in_memory_nodestate.py``, the
+object stores, the fleet/runtime/message protobufs and the strategies are byte-identical;
+``superlink/main.py`` and ``supernode/main.py`` differ only by a tracing middleware
+(``create_app`` has the same signature), ``sql_corestate.py`` by tracing and compacted
+contexts (the task-claim sweep and token check are the same).
 
 Groups
 ------
