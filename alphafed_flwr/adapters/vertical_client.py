@@ -194,7 +194,7 @@ class VerticalCollaborator:
             self._save_psi_state(party)
         if mine is not None:
             del _PSI_IDS[self.sched]
-            self.sched.set_intersection(originals[i] for i in mine)
+            self._set_intersection(mine, originals)
             train_ids, test_ids = check_split(self.key, self.sched.train_ids, self.sched.test_ids)
             reply.update(
                 {
@@ -397,10 +397,11 @@ class VerticalCollaborator:
                 saved = (read_json(self.folder / "psi.json") or {}).get("intersection")
             if saved is None:
                 raise ConfigError(f"'{self.key}': training started before the private set intersection")
-            self._set_intersection(list(saved), self.sched.local_ids())  # type: ignore[arg-type]
+            self._set_intersection(list(saved), canonical_ids(self.sched.local_ids()))  # type: ignore[arg-type]
 
-    def _set_intersection(self, ids: list[str], local: list[Any]) -> None:
-        originals = canonical_ids(local)
+    def _set_intersection(self, ids: list[str], originals: dict[str, Any]) -> None:
+        """Record the intersection (``ids`` as strings) as this party's own ID objects
+        (``originals``: ``canonical_ids`` of its local IDs)."""
         self.sched.set_intersection(originals[i] for i in ids)
 
     def _psi_state(self) -> dict[str, Any]:
