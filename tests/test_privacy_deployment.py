@@ -70,7 +70,8 @@ def cluster(tmp_path: Path):  # noqa: ANN201
 @pytest.mark.parametrize(
     ("base", "args", "clients", "extra"),
     [
-        ("DPFedAvgScheduler", "w_cap=100, q=1.0, S=1.0, z=0.5, max_rounds=2, log_rounds=1, schedule_timeout=180",
+        ("DPFedAvgScheduler",
+         "w_cap=100, q=1.0, S=1.0, z=0.5, max_rounds=2, log_rounds=1, schedule_timeout=180, min_clients=2",
          2, ("--target-epsilon", "100")),
         ("SecureFedAvgScheduler", "t=2, min_clients=3, max_rounds=2, log_rounds=1, schedule_timeout=180", 3, ()),
     ],
