@@ -1,7 +1,14 @@
 """Plain payloads (numpy arrays, numbers, strings, bytes) to and from Flower records.
 
-Used by the split-learning strategy and its ClientApp for control and data messages:
-arrays travel in ArrayRecords, everything else in one ConfigRecord; nothing is pickled.
+Used by the split-learning strategy and its ClientApp for control and data messages;
+nothing is pickled. A payload whose arrays (single arrays and lists of arrays) hold at most
+``PACK_LIMIT`` bytes travels in one ConfigRecord, ``packed``: scalars, and each array as
+its ``.npy`` bytes. Larger payloads send those arrays in ArrayRecords and the rest in the
+``scalars`` ConfigRecord; ``{name: array}`` maps always travel in ArrayRecords. In
+deployment each record is an object of its own, and every object crosses each hop (ServerApp,
+SuperLink, SuperNode, ClientApp) as a request of its own: a packed K=1 exchange message is 3
+objects (message, record dict, record) where ArrayRecords make it 6 (record, array and array
+chunk per list of arrays).
 ``decode`` accepts only what ``encode`` produces and raises ``PayloadError`` for anything
 else (unknown records, malformed or inconsistent arrays, object dtypes): peers' bytes never
 reach numpy's loader unchecked.
@@ -19,7 +26,10 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from .errors import StrategyError
 
 SCALARS = "scalars"
+PACKED = "packed"
+PACK_LIMIT = 1 << 20  # array bytes a payload may carry packed: a packed record is one object, never chunked
 _ARRAY, _MAP, _SEQ = "array.", "map.", "seq."
+_P_SCALAR, _P_ARRAY, _P_SEQ = "s.", "a.", "q."
 _NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
@@ -29,7 +39,10 @@ class PayloadError(StrategyError):
 
 def encode(payload: Mapping[str, Any]) -> RecordDict:
     """Arrays, ``{name: array}`` maps and lists of arrays become ArrayRecords; scalars and
-    lists of scalars go into the ``scalars`` ConfigRecord; ``None`` values are left out."""
+    lists of scalars go into the ``scalars`` ConfigRecord; ``None`` values are left out.
+    Packed instead (the module's docstring) if the arrays are small."""
+    if _array_bytes(payload) <= PACK_LIMIT:
+        return _encode_packed(payload)
     content = RecordDict()
     scalars = ConfigRecord()
     for key, value in payload.items():
@@ -51,19 +64,81 @@ def encode(payload: Mapping[str, Any]) -> RecordDict:
     return content
 
 
+def _is_array_list(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, np.ndarray) for v in value)
+
+
+def _array_bytes(payload: Mapping[str, Any]) -> int:
+    """Bytes of the payload's single arrays and lists of arrays (what packing would carry)."""
+    total = 0
+    for value in payload.values():
+        if isinstance(value, np.ndarray):
+            total += value.nbytes
+        elif _is_array_list(value):
+            total += sum(v.nbytes for v in value)
+    return total
+
+
+def _npy_bytes(value: np.ndarray) -> bytes:
+    buffer = BytesIO()
+    np.lib.format.write_array(buffer, np.asarray(value, order="C"), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _encode_packed(payload: Mapping[str, Any]) -> RecordDict:
+    content = RecordDict()
+    packed = ConfigRecord()
+    for key, value in payload.items():
+        if value is None:
+            continue
+        if isinstance(value, np.ndarray):
+            packed[_P_ARRAY + key] = _npy_bytes(value)
+        elif isinstance(value, Mapping):
+            content[_MAP + key] = ArrayRecord(
+                {str(k): Array(np.asarray(v, order="C")) for k, v in value.items()}
+            )
+        elif _is_array_list(value):
+            packed[_P_SEQ + key] = [_npy_bytes(v) for v in value]
+        else:
+            packed[_P_SCALAR + key] = value
+    content[PACKED] = packed
+    return content
+
+
 def decode(content: RecordDict) -> dict[str, Any]:
     """The inverse of ``encode``; ``PayloadError`` for content it cannot have produced."""
     if not isinstance(content, RecordDict):
         raise PayloadError(f"expected a RecordDict, got {type(content).__name__}")
-    unknown = [n for n in content if n != SCALARS and n not in content.array_records]
-    if unknown or (SCALARS in content and SCALARS not in content.config_records):
-        raise PayloadError(f"unexpected records {sorted(unknown)[:5] or [SCALARS]}")
-    out: dict[str, Any] = dict(content.config_records.get(SCALARS, ConfigRecord()))
+    configs = [n for n in (SCALARS, PACKED) if n in content]
+    unknown = [n for n in content if n not in (SCALARS, PACKED) and n not in content.array_records]
+    if unknown or len(configs) > 1 or any(n not in content.config_records for n in configs):
+        raise PayloadError(f"unexpected records {sorted(unknown)[:5] or configs}")
+    if PACKED in content:
+        out = _decode_packed(content.config_records[PACKED])
+    else:
+        out = dict(content.config_records.get(SCALARS, ConfigRecord()))
     for name, record in content.array_records.items():
         key, value = _decode_record(name, record)
         if key in out:
             raise PayloadError(f"'{key}' is sent twice")
         out[key] = value
+    return out
+
+
+def _decode_packed(record: ConfigRecord) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in record.items():
+        prefix, key = name[:2], name[2:]
+        if prefix == _P_SCALAR:
+            out[key] = value
+        elif prefix == _P_ARRAY and isinstance(value, bytes):
+            out[key] = from_npy(value, name)
+        elif prefix == _P_SEQ and value and isinstance(value, list) and all(isinstance(v, bytes) for v in value):
+            out[key] = [from_npy(v, f"{name}/{i}") for i, v in enumerate(value)]
+        else:
+            raise PayloadError(f"unexpected entry '{name[:100]}' in record '{PACKED}'")
+    if len(out) != len(record):
+        raise PayloadError(f"record '{PACKED}' sends a key twice")
     return out
 
 
@@ -92,7 +167,18 @@ def to_numpy(array: Array, name: str = "array") -> np.ndarray:
     """
     if not isinstance(array, Array) or array.stype != "numpy.ndarray" or not isinstance(array.data, bytes):
         raise PayloadError(f"'{name}' is not a numpy array")
-    buffer = BytesIO(array.data)
+    value = from_npy(array.data, name)
+    if tuple(array.shape) != value.shape or array.dtype != str(value.dtype):
+        raise PayloadError(
+            f"'{name}' claims {array.dtype} {tuple(array.shape)} but holds {value.dtype} {value.shape}"
+        )
+    return value
+
+
+def from_npy(data: bytes, name: str = "array") -> np.ndarray:
+    """The array in ``.npy`` bytes; ``PayloadError`` unless it is a plain ``.npy`` of a
+    non-object dtype whose byte count agrees with its header."""
+    buffer = BytesIO(data)
     try:
         reader = _NPY_HEADERS.get(np.lib.format.read_magic(buffer))
         if reader is None:
@@ -101,15 +187,9 @@ def to_numpy(array: Array, name: str = "array") -> np.ndarray:
         if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
             raise ValueError(f"dtype {dtype} is not a plain numeric dtype")
         size = int(np.prod(shape, dtype=object)) * dtype.itemsize
-        if size != len(array.data) - buffer.tell():
-            raise ValueError(f"the header announces {size} bytes, {len(array.data) - buffer.tell()} follow")
-        value = np.frombuffer(array.data, dtype=dtype, offset=buffer.tell()).reshape(
-            shape, order="F" if fortran else "C"
-        )
+        if size != len(data) - buffer.tell():
+            raise ValueError(f"the header announces {size} bytes, {len(data) - buffer.tell()} follow")
+        value = np.frombuffer(data, dtype=dtype, offset=buffer.tell()).reshape(shape, order="F" if fortran else "C")
     except (ValueError, TypeError, OverflowError) as exc:
         raise PayloadError(f"'{name}' is not a valid .npy array: {exc}") from exc
-    if tuple(array.shape) != value.shape or array.dtype != str(value.dtype):
-        raise PayloadError(
-            f"'{name}' claims {array.dtype} {tuple(array.shape)} but holds {value.dtype} {value.shape}"
-        )
     return np.array(value, order="C")

@@ -30,7 +30,8 @@ from alphafed_flwr.api import TaskFailed
 from alphafed_flwr.api.errors import UserCodeError
 from alphafed_flwr.strategies.checks import ArrayLedger, ArrayRejected, array_problem
 from alphafed_flwr.strategies.errors import StrategyError
-from alphafed_flwr.strategies.payload import PayloadError, decode, encode
+from alphafed_flwr.strategies import payload as payload_module
+from alphafed_flwr.strategies.payload import PACKED, PayloadError, decode, encode
 from alphafed_flwr.strategies.split_learning import EXCHANGE, HELLO, HostBatch, SplitLearning
 
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # generating arrays
@@ -78,10 +79,14 @@ def raw_arrays(draw: st.DrawFn) -> Array:
 
 
 NAMES = st.one_of(
-    st.sampled_from(["scalars", "array.features", "seq.features", "map.features", "seq.test-features",
+    st.sampled_from(["scalars", "packed", "array.features", "seq.features", "map.features", "seq.test-features",
                      "array.grads", "seq.digests", "features"]),
     st.builds(lambda p, s: p + s, st.sampled_from(["array.", "map.", "seq.", ""]), st.text(max_size=6)),
 )
+PACKED_KEYS = st.one_of(st.text(max_size=8), st.builds(lambda p, s: p + s, st.sampled_from(["s.", "a.", "q."]),
+                                                       st.sampled_from(["features", "x", ""])))
+NPY_BYTES = st.builds(lambda a: a.data, raw_arrays())
+PACKED_VALUE = st.one_of(CONFIG_VALUE, NPY_BYTES, st.lists(NPY_BYTES, max_size=3))
 ARRAY_KEYS = st.one_of(st.sampled_from(["v", "0", "1", "2"]), st.text(max_size=4))
 
 
@@ -93,6 +98,8 @@ def record_dicts(draw: st.DrawFn) -> RecordDict:
         kind = draw(st.sampled_from(["array", "config", "metric"]))
         if kind == "array":
             content[name] = ArrayRecord(draw(st.dictionaries(ARRAY_KEYS, raw_arrays(), max_size=3)))
+        elif kind == "config" and name == "packed":
+            content[name] = ConfigRecord(draw(st.dictionaries(PACKED_KEYS, PACKED_VALUE, max_size=4)))
         elif kind == "config":
             content[name] = ConfigRecord(draw(st.dictionaries(st.text(max_size=8), CONFIG_VALUE, max_size=4)))
         else:
@@ -143,10 +150,14 @@ def test_decoding_arbitrary_record_dicts_returns_plain_values_or_a_payload_error
 
 
 @FUZZ
+@pytest.mark.parametrize("pack_limit", [payload_module.PACK_LIMIT, -1], ids=["packed", "array-records"])
 @given(st.dictionaries(st.text(max_size=8), st.one_of(CONFIG_VALUE, ARRAYS, st.lists(ARRAYS, min_size=1, max_size=3),
                                                        st.dictionaries(st.text(max_size=3), ARRAYS, max_size=2))))
-def test_decode_inverts_encode(payload: dict[str, Any]) -> None:
-    out = decode(encode(payload))
+def test_decode_inverts_encode(monkeypatch: pytest.MonkeyPatch, pack_limit: int, payload: dict[str, Any]) -> None:
+    monkeypatch.setattr(payload_module, "PACK_LIMIT", pack_limit)
+    content = encode(payload)
+    assert (PACKED in content) == (pack_limit >= 0)
+    out = decode(content)
     assert set(out) == set(payload)
     for key, value in payload.items():
         if isinstance(value, np.ndarray):
@@ -168,6 +179,27 @@ def test_an_array_whose_header_announces_more_than_it_carries_is_refused() -> No
     content = RecordDict({"array.x": ArrayRecord({"v": Array(dtype="float32", shape=(3,), stype=array.stype, data=bomb)})})
     with pytest.raises(PayloadError, match="announces 40000000000 bytes"):
         decode(content)
+    with pytest.raises(PayloadError, match="announces 40000000000 bytes"):
+        decode(RecordDict({PACKED: ConfigRecord({"a.x": bomb})}))
+
+
+def test_small_arrays_travel_packed_and_large_ones_in_array_records() -> None:
+    small = [np.ones((128, 64), np.float32)]
+    large = [np.ones((payload_module.PACK_LIMIT // 4 + 1,), np.float32)]
+    assert sorted(encode({"round": 1, "grads": small, "maps": {"w": np.zeros(2)}})) == ["map.maps", PACKED]
+    assert sorted(encode({"round": 1, "grads": large})) == ["scalars", "seq.grads"]
+    for arrays in (small, large):
+        out = decode(encode({"round": 1, "grads": arrays}))
+        assert out["round"] == 1
+        np.testing.assert_array_equal(out["grads"][0], arrays[0])
+
+
+def test_a_packed_record_may_not_send_a_key_twice_or_alongside_scalars() -> None:
+    array = encode({"x": np.ones(2)})[PACKED]["a.x"]
+    with pytest.raises(PayloadError, match="twice"):
+        decode(RecordDict({PACKED: ConfigRecord({"a.x": array, "s.x": 1})}))
+    with pytest.raises(PayloadError, match="unexpected records"):
+        decode(RecordDict({PACKED: ConfigRecord({"s.x": 1}), "scalars": ConfigRecord({"y": 2})}))
 
 
 # ----- the host's handling of arbitrary replies ---------------------------------------------
