@@ -27,7 +27,8 @@ Groups
 ``superlink``
     The SuperLink's configuration parser, ``create_app`` and lifespan class, from which
     ``deploy.superlink`` builds its own two listeners, and the routes and protobuf answers
-    its long polls (``deploy.longpoll``) hold and wake.
+    its long polls (``deploy.longpoll``) hold and wake; its middlewares (``_get_middleware``)
+    and the path test each one that acts on some routes only makes first.
 ``executor``
     ``run_clientapp``'s task input/output functions (the warm executor).
 ``auth``
@@ -335,72 +336,135 @@ def _check_superlink() -> None:
         raise AssertionError("the SuperLink's create_app no longer builds its state with get_objectstore_linkstate_factories")
     _params(_module(LINKSTATE_FACTORY).LinkStateFactory.__init__,
             ["self", "database", "federation_manager", "objectstore_factory"])
-    sweep = _module(SQL_CORESTATE).SqlCoreState._cleanup_expired_task_tokens  # pylint: disable=protected-access
-    _params(sweep, ["self"])
-    if "active_until" not in inspect.getsource(_module(SQL_CORESTATE).SqlCoreState.get_task_by_token):
-        raise AssertionError("SqlCoreState.get_task_by_token no longer checks a token's expiry itself")
+    _check_path_middlewares()
+    factory = _module(LINKSTATE_FACTORY)
+    if factory.FLWR_IN_MEMORY_DB_NAME != _module("flwr.supercore.constant").FLWR_IN_MEMORY_DB_NAME or (
+        "InMemoryLinkState" not in factory.LinkStateFactory.state.__code__.co_names
+    ):
+        raise AssertionError("LinkStateFactory no longer makes an InMemoryLinkState for ':flwr-in-memory:'")
 
 
-SQL_CORESTATE = "flwr.supercore.corestate.sql_corestate"
+def keep_superlink_state_in_memory() -> None:
+    """Keep the SuperLink's whole state in memory (Flower's ``InMemoryLinkState`` and object
+    store), whatever ``--database`` says.
 
-
-def throttle_task_token_cleanup(interval: float) -> None:
-    """Sweep the SuperLink's expired task claims at most once every ``interval`` seconds.
-
-    Flower's SQL state sweeps them (two ``UPDATE`` statements, a write transaction) before
-    nearly every request: each task-token check, run-status check and task query. On a
-    busy loopback deployment that is a third of the SuperLink's database time, and the
-    write lock serializes concurrent requests. Token checks do not depend on the sweep
-    (an expired token is refused by its own ``active_until``), so a sweep at most
-    ``interval`` seconds late only delays marking a task that stopped sending heartbeats
-    as failed, by that much.
-    """
-    check_flower("superlink")
-    state = _module(SQL_CORESTATE).SqlCoreState
-    sweep = state._cleanup_expired_task_tokens  # pylint: disable=protected-access
-    if getattr(sweep, "_alphafed_throttled", False):
-        return
-
-    def throttled(self: Any) -> None:
-        now = time.monotonic()
-        last = self.__dict__.get("_alphafed_swept_at")
-        if last is not None and now - last < interval:
-            return
-        self.__dict__["_alphafed_swept_at"] = now
-        sweep(self)
-
-    throttled._alphafed_throttled = True  # type: ignore[attr-defined]
-    state._cleanup_expired_task_tokens = throttled  # pylint: disable=protected-access
-
-
-def keep_superlink_objects_in_memory() -> None:
-    """Keep the SuperLink's message objects in memory; its link state stays in its database.
-
-    Flower stores every object of every message (arrays included) in the SuperLink's SQLite
-    database, writes it, reads it and deletes it again once the receiver confirmed it:
-    most of the SuperLink's time on a loopback split-learning run. The objects only live
-    while their message is in flight, and a restarted server stops the runs it finds
-    unfinished, so nothing needs them after a restart: node registrations, runs and their
-    status (what a restart uses) stay in the database.
+    Flower's SQL state runs several SQLite queries (SQLAlchemy sessions, write transactions)
+    for every request: a node's key looked up, the run's status checked, each object's push
+    claim deleted, traffic counted. With K=1 split learning on loopback that was about 30%
+    of the SuperLink's CPU, and the SuperLink the busiest process. Nothing of it needs to
+    outlive the server command: a restarted server starts a new run from its own checkpoint
+    (``--out``), registers the nodes' keys again (``--node-public-key``), and a SuperNode it
+    no longer knows is refused and restarted by its client command, which then joins anew.
     """
     check_flower("superlink")
     main = _module(SUPERLINK_MAIN)
     factories = main.get_objectstore_linkstate_factories
     if getattr(factories, "_alphafed_in_memory", False):
         return
-    object_store = _module("flwr.supercore.object_store")
     in_memory = _module("flwr.supercore.constant").FLWR_IN_MEMORY_DB_NAME
-    linkstate_factory = _module(LINKSTATE_FACTORY).LinkStateFactory
 
-    def objects_in_memory(database: str, federation_manager: Any) -> tuple[Any, Any]:
-        objects, state = factories(database, federation_manager)
-        if type(objects) is not object_store.ObjectStoreFactory:  # pylint: disable=unidiomatic-typecheck
-            return objects, state  # another backend: left alone
-        objects = object_store.ObjectStoreFactory(in_memory)
-        return objects, linkstate_factory(database, federation_manager, objects)
+    def state_in_memory(database: str, federation_manager: Any) -> tuple[Any, Any]:  # pylint: disable=W0613
+        return factories(in_memory, federation_manager)
 
-    objects_in_memory._alphafed_in_memory = True  # type: ignore[attr-defined]
-    main.get_objectstore_linkstate_factories = objects_in_memory
+    state_in_memory._alphafed_in_memory = True  # type: ignore[attr-defined]
+    main.get_objectstore_linkstate_factories = state_in_memory
+
+
+#: Middlewares of the SuperLink app that act only on paths with these prefixes (their
+#: ``dispatch`` passes every other request straight on): name -> (module, prefix).
+_PATH_MIDDLEWARES = {
+    "ControlSensitiveResponseMiddleware": ("flwr.superlink.routers.control.middlewares", "/v1/control/"),
+    "ControlAuthenticationMiddleware": ("flwr.superlink.routers.control.middlewares", "/v1/control/"),
+    "ControlLicenseMiddleware": ("flwr.superlink.routers.control.middlewares", "/v1/control/"),
+    "ControlEventLogMiddleware": ("flwr.superlink.routers.control.middlewares", "/v1/control/"),
+    "NodeAuthMiddleware": ("flwr.superlink.routers.fleet.node_auth", "/v1/fleet/"),
+    "FleetEventLogMiddleware": ("flwr.superlink.routers.fleet.middlewares", "/v1/fleet/"),
+}
+#: The only test each of them makes before it acts (the first condition of its ``dispatch``).
+_PATH_TESTS = {
+    "ControlSensitiveResponseMiddleware": (
+        "response = await call_next(request)\n        if _is_control_sensitive_route(request):"
+    ),
+    "ControlAuthenticationMiddleware": "if not _is_control_path(request.url.path) or _is_control_auth_route(request):",
+    "ControlLicenseMiddleware": "if self._license_plugin is None or not _is_control_path(request.url.path):",
+    "ControlEventLogMiddleware": "if not _is_control_path(request.url.path) or _is_control_sensitive_route(",
+    "NodeAuthMiddleware": 'if request.url.path.startswith("/v1/fleet/") and isinstance(',
+    "FleetEventLogMiddleware": 'if not request.url.path.startswith("/v1/fleet/"):',
+}
+
+
+def _check_path_middlewares() -> None:
+    """Those of the SuperLink's middlewares that act on some routes only are where
+    ``_PATH_MIDDLEWARES`` says and test the path first (the Control ones: ``/v1/control/``)."""
+    main = _module(SUPERLINK_MAIN)
+    if "_get_middleware" not in main.create_app.__code__.co_names:
+        raise AssertionError("the SuperLink's create_app no longer takes its middlewares from _get_middleware")
+    for middleware in main._get_middleware():  # pylint: disable=protected-access
+        name = middleware.cls.__name__
+        if name not in _PATH_MIDDLEWARES:
+            continue
+        module, prefix = _PATH_MIDDLEWARES[name]
+        if middleware.cls.__module__ != module or middleware.args:
+            raise AssertionError(f"{name} moved from {module} to {middleware.cls.__module__} or takes arguments")
+        if not inspect.getsource(middleware.cls.dispatch).split('"""', 2)[-1].strip().startswith(_PATH_TESTS[name]):
+            raise AssertionError(f"{name}.dispatch no longer starts with its path test")
+        if prefix == "/v1/control/":
+            _check_control_paths(_module(module))
+
+
+def _check_control_paths(control: types.ModuleType) -> None:
+    is_control = control._is_control_path  # pylint: disable=protected-access
+    if is_control("/v1/fleet/x") or not is_control("/v1/control/x"):
+        raise AssertionError("_is_control_path no longer means the /v1/control/ routes")
+    sensitive = {path for _, path in control.CONTROL_SENSITIVE_ROUTE_KEYS | control.CONTROL_AUTH_ROUTE_KEYS}
+    if not all(path.startswith("/v1/control/") for path in sensitive):
+        raise AssertionError("a sensitive Control route is outside /v1/control/")
+
+
+class PathMiddleware:
+    """ASGI wrapper: runs ``middleware`` only on paths under ``prefix``; every other request
+    goes straight to the next app, as ``middleware`` itself would pass it on."""
+
+    def __init__(self, app: Any, middleware: type, prefix: str, **options: Any) -> None:
+        self.app, self.prefix = app, prefix
+        self.inner = middleware(app, **options)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and not str(scope.get("path", "")).startswith(self.prefix):
+            await self.app(scope, receive, send)
+        else:
+            await self.inner(scope, receive, send)
+
+
+def skip_idle_superlink_middlewares() -> None:
+    """Run each SuperLink middleware only on the routes it acts on.
+
+    Flower's SuperLink passes every request through eight middlewares, most of them
+    Starlette ``BaseHTTPMiddleware`` classes (a task and two memory streams per request each). Four
+    act only on Control API routes, two only on Fleet routes; on any other path their
+    ``dispatch`` calls the next app at once. :class:`PathMiddleware` skips them there: a Fleet
+    request then passes four, a runtime request two. Responses are unchanged.
+    """
+    check_flower("superlink")
+    main = _module(SUPERLINK_MAIN)
+    original = main._get_middleware  # pylint: disable=protected-access
+    if getattr(original, "_alphafed_paths", False):
+        return
+    middleware_class = _module("starlette.middleware").Middleware
+
+    def path_middlewares() -> list[Any]:
+        wrapped = []
+        for middleware in original():  # checked: a listed one is where _PATH_MIDDLEWARES says
+            name = middleware.cls.__name__
+            if name in _PATH_MIDDLEWARES:
+                wrapped.append(middleware_class(PathMiddleware, middleware=middleware.cls,
+                                                prefix=_PATH_MIDDLEWARES[name][1], **middleware.kwargs))
+            else:
+                wrapped.append(middleware)
+        return wrapped
+
+    path_middlewares._alphafed_paths = True  # type: ignore[attr-defined]
+    main._get_middleware = path_middlewares  # pylint: disable=protected-access
 
 
 def superlink_lifespan_config() -> Any:

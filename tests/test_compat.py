@@ -130,33 +130,19 @@ def test_superlink_long_polls_wrap_flowers_app(tmp_path: Path, monkeypatch: pyte
         compat._require_routes(flower_app, Rules(pulls={"/v1/fleet/gone": app.rules.pulls["/v1/fleet/pull-messages"]}))
 
 
-def test_superlink_sweeps_expired_task_claims_at_most_once_per_interval(monkeypatch: pytest.MonkeyPatch) -> None:
-    state = importlib.import_module(compat.SQL_CORESTATE).SqlCoreState
-    sweeps: list[object] = []
-    monkeypatch.setattr(state, "_cleanup_expired_task_tokens", sweeps.append)
-    compat.throttle_task_token_cleanup(3600.0)
-    compat.throttle_task_token_cleanup(3600.0)  # a second call does not wrap twice
-    first, second = types.SimpleNamespace(), types.SimpleNamespace()
-    for owner in (first, first, second, first):
-        state._cleanup_expired_task_tokens(owner)
-    assert sweeps == [first, second]  # once per state within the interval
-
-
-def test_superlink_keeps_objects_in_memory_and_its_state_in_the_database(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_superlink_keeps_its_whole_state_in_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     main = importlib.import_module(compat.SUPERLINK_MAIN)
     monkeypatch.setattr(main, "get_objectstore_linkstate_factories", main.get_objectstore_linkstate_factories)
     monkeypatch.setattr("sys.argv", ["flower-superlink", "--insecure", "--isolation", "process",
                                      "--database", str(tmp_path / "db.sqlite")])
-    compat.keep_superlink_objects_in_memory()
-    compat.keep_superlink_objects_in_memory()  # a second call does not wrap twice
+    compat.keep_superlink_state_in_memory()
+    compat.keep_superlink_state_in_memory()  # a second call does not wrap twice
     state = compat.superlink_app(compat.superlink_lifespan_config()).state.linkstate_factory.state()
-    from flwr.server.superlink.linkstate.sql_linkstate import SqlLinkState
+    from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
     from flwr.supercore.object_store.in_memory_object_store import InMemoryObjectStore
 
-    assert isinstance(state, SqlLinkState) and isinstance(state.object_store, InMemoryObjectStore)
-    assert (tmp_path / "db.sqlite").is_file()
+    assert isinstance(state, InMemoryLinkState) and isinstance(state.object_store, InMemoryObjectStore)
+    assert not (tmp_path / "db.sqlite").exists()
 
 
 def test_empty_pull_answers_are_told_from_full_ones() -> None:
@@ -332,6 +318,65 @@ def test_superlink_app_comes_from_flower(tmp_path: Path, monkeypatch: pytest.Mon
     paths = {context.path for context in iter_route_contexts(app.routes)}
     assert {p.split("/")[2] for p in paths if p.startswith("/v1/")} >= {"fleet", "control", "runtime"}
     assert compat.uvicorn_log_config()["version"] == 1
+
+
+def test_superlink_middlewares_run_only_on_the_routes_they_act_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fastapi.testclient import TestClient
+    from flwr.proto.fleet_pb2 import PullMessagesRequest
+
+    main = importlib.import_module(compat.SUPERLINK_MAIN)
+    monkeypatch.setattr(main, "_get_middleware", main._get_middleware)
+    monkeypatch.setattr("sys.argv", ["flower-superlink", "--insecure", "--isolation", "process",
+                                     "--database", str(tmp_path / "db.sqlite")])
+    compat.skip_idle_superlink_middlewares()
+    compat.skip_idle_superlink_middlewares()  # a second call does not wrap twice
+    wrapped = {m.kwargs["middleware"].__name__: m.kwargs["prefix"] for m in main._get_middleware()
+               if m.cls is compat.PathMiddleware}
+    assert wrapped == {name: prefix for name, (_, prefix) in compat._PATH_MIDDLEWARES.items()}
+    client = TestClient(compat.superlink_app(compat.superlink_lifespan_config()))
+    unsigned = client.post("/v1/fleet/pull-messages", content=PullMessagesRequest().SerializeToString(),
+                           headers={"content-type": "application/protobuf"})
+    assert unsigned.status_code == 401  # the node authentication still guards the Fleet API
+    sensitive = client.post("/v1/control/get-login-details", content=b"",
+                            headers={"content-type": "application/protobuf"})
+    assert sensitive.headers["cache-control"] == "no-store"  # and Control's middlewares their routes
+
+
+def test_path_middleware_passes_other_paths_straight_on() -> None:
+    seen: list[str] = []
+
+    async def app(scope, receive, send) -> None:  # noqa: ANN001
+        seen.append("app " + scope["path"])
+
+    class Middleware:
+        def __init__(self, inner, flag: int) -> None:  # noqa: ANN001
+            self.inner, self.flag = inner, flag
+
+        async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
+            seen.append(f"middleware {self.flag} " + scope["path"])
+            await self.inner(scope, receive, send)
+
+    import asyncio
+
+    wrapped = compat.PathMiddleware(app, middleware=Middleware, prefix="/v1/control/", flag=7)
+    for path in ("/v1/control/x", "/v1/fleet/x"):
+        asyncio.run(wrapped({"type": "http", "path": path}, None, None))
+    assert seen == ["middleware 7 /v1/control/x", "app /v1/control/x", "app /v1/fleet/x"]
+
+
+def test_a_middleware_acting_on_every_path_fails_the_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    control = importlib.import_module("flwr.superlink.routers.control.middlewares")
+
+    async def dispatch(self, request, call_next):  # noqa: ANN001, ANN202
+        """Checks every request."""
+        return await call_next(request)
+
+    monkeypatch.setattr(compat, "_passed", set())
+    monkeypatch.setattr(control.ControlLicenseMiddleware, "dispatch", dispatch)
+    with pytest.raises(compat.FlowerCompatError, match="ControlLicenseMiddleware.dispatch"):
+        compat.skip_idle_superlink_middlewares()
 
 
 @pytest.mark.parametrize("name", ["FedAdam", "FedYogi", "FedAdagrad", "FedAvgM"])

@@ -14,10 +14,11 @@ on two uvicorn listeners in one process:
 
 Both listeners hold a pull whose answer is empty (a SuperNode's message or object pull, the
 ServerApp's reply or object pull, the SuperExec's task pull) until a push may have changed
-it, for at most ``deploy.longpoll.HOLD`` seconds, so that no party has to poll quickly. Expired
-task claims are swept once a second rather than before every request
-(``compat.throttle_task_token_cleanup``), and message objects (the arrays in flight) are
-kept in memory rather than in the database (``compat.keep_superlink_objects_in_memory``).
+it, for at most ``deploy.longpoll.HOLD`` seconds, so that no party has to poll quickly.
+The SuperLink's state (nodes, runs, messages and their objects) is kept in memory, not in
+``--database`` (``compat.keep_superlink_state_in_memory``), and a request passes only the
+middlewares that act on its route: a Fleet or runtime request skips the Control API's four
+(``compat.skip_idle_superlink_middlewares``).
 
 The control token is read from standard input (one line): it is in no environment,
 command line or file, so the SuperExec and the ServerApp processes it starts (task code)
@@ -46,7 +47,6 @@ PUBLIC_PREFIXES = ("/v1/fleet/",)
 RUNTIME_PREFIX = "/v1/runtime/"
 CONTROL_PREFIX = "/v1/control/"
 HEALTH = "/health"
-SWEEP_INTERVAL = 1.0  # seconds between sweeps of expired task claims (Flower: before every request)
 
 Scope = MutableMapping[str, Any]
 Refusal = Callable[[Scope], "str | None"]
@@ -171,8 +171,8 @@ def main() -> None:
     print(compat.check_flower("superlink"), file=sys.stderr, flush=True)
     sys.argv = ["flower-superlink", *flower_args, "--isolation", "process"]
     config = compat.superlink_lifespan_config()
-    compat.throttle_task_token_cleanup(SWEEP_INTERVAL)
-    compat.keep_superlink_objects_in_memory()
+    compat.keep_superlink_state_in_memory()
+    compat.skip_idle_superlink_middlewares()
     app = compat.superlink_long_polls(compat.superlink_app(config), HOLD)
     configs = listener_configs(app, config, ours.runtime_port, token)
     print(f"SuperLink: Fleet API on {config.host}:{config.port} ({'TLS' if config.ssl_certfile else 'plain HTTP'}); "
