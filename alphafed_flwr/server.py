@@ -141,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     runtime_port = free_port()
     command = python_module(
         "alphafed_flwr.deploy.superlink", "--runtime-port", str(runtime_port), "--host", host, "--port", str(port),
-        "--database", str(out / "superlink.db"), "--disable-runtime-dependency-installation",
+        "--database", ":flwr-in-memory:", "--disable-runtime-dependency-installation",
         *tls_flags,
     )
     logger.info("Starting the SuperLink on %s:%d (log: %s)", host, port, out / "superlink.log")

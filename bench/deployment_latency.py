@@ -83,7 +83,7 @@ def idle_cpu(seconds: float, out: Path) -> dict[str, float]:
     superlink = Managed(
         "superlink",
         python_module("alphafed_flwr.deploy.superlink", "--runtime-port", str(runtime_port), "--host", "127.0.0.1",
-                      "--port", str(port), "--database", str(out / "superlink.db"), "--insecure"),
+                      "--port", str(port), "--database", ":flwr-in-memory:", "--insecure"),
         flower_env(out / ".flwr-server", build_parser().get_default("poll_interval")), out,
         log=out / "superlink.log", stdin_data=f"{token}\n".encode(),
     )
