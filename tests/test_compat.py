@@ -117,11 +117,19 @@ def test_supernode_runtime_api_holds_task_pulls_until_a_task_exists(restore_flow
     assert (tasks.generation, objects.generation) == (before[0] + 1, before[1] + 1)
 
 
-def test_superlink_long_polls_wrap_flowers_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def superlink_argv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Flower's SuperLink command line in ``sys.argv``, its database a file under ``tmp_path`` (returned)."""
+    database = tmp_path / "db.sqlite"
+    monkeypatch.setattr("sys.argv", ["flower-superlink", "--insecure", "--isolation", "process",
+                                     "--database", str(database)])
+    return database
+
+
+@pytest.mark.usefixtures("superlink_argv")
+def test_superlink_long_polls_wrap_flowers_app() -> None:
     from alphafed_flwr.deploy.longpoll import LongPoll, Rules
 
-    monkeypatch.setattr("sys.argv", ["flower-superlink", "--insecure", "--isolation", "process",
-                                     "--database", str(tmp_path / "db.sqlite")])
     flower_app = compat.superlink_app(compat.superlink_lifespan_config())
     app = compat.superlink_long_polls(flower_app, hold=1.0)
     assert isinstance(app, LongPoll) and app.app is flower_app
@@ -130,11 +138,9 @@ def test_superlink_long_polls_wrap_flowers_app(tmp_path: Path, monkeypatch: pyte
         compat._require_routes(flower_app, Rules(pulls={"/v1/fleet/gone": app.rules.pulls["/v1/fleet/pull-messages"]}))
 
 
-def test_superlink_keeps_its_whole_state_in_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_superlink_keeps_its_whole_state_in_memory(superlink_argv: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     main = importlib.import_module(compat.SUPERLINK_MAIN)
     monkeypatch.setattr(main, "get_objectstore_linkstate_factories", main.get_objectstore_linkstate_factories)
-    monkeypatch.setattr("sys.argv", ["flower-superlink", "--insecure", "--isolation", "process",
-                                     "--database", str(tmp_path / "db.sqlite")])
     compat.keep_superlink_state_in_memory()
     compat.keep_superlink_state_in_memory()  # a second call does not wrap twice
     state = compat.superlink_app(compat.superlink_lifespan_config()).state.linkstate_factory.state()
@@ -142,7 +148,7 @@ def test_superlink_keeps_its_whole_state_in_memory(tmp_path: Path, monkeypatch: 
     from flwr.supercore.object_store.in_memory_object_store import InMemoryObjectStore
 
     assert isinstance(state, InMemoryLinkState) and isinstance(state.object_store, InMemoryObjectStore)
-    assert not (tmp_path / "db.sqlite").exists()
+    assert not superlink_argv.exists()
 
 
 def test_empty_pull_answers_are_told_from_full_ones() -> None:
@@ -307,9 +313,8 @@ def test_executor_uses_flowers_task_io() -> None:
     assert compat.clientapp_task_io() == (run.pull_task_input, run.push_message, run.push_task_output)
 
 
-def test_superlink_app_comes_from_flower(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("sys.argv", ["flower-superlink", "--insecure", "--isolation", "process",
-                                     "--database", str(tmp_path / "db.sqlite")])
+@pytest.mark.usefixtures("superlink_argv")
+def test_superlink_app_comes_from_flower() -> None:
     config = compat.superlink_lifespan_config()
     assert (config.isolation, config.insecure) == ("process", True)
     app = compat.superlink_app(config)
@@ -320,16 +325,13 @@ def test_superlink_app_comes_from_flower(tmp_path: Path, monkeypatch: pytest.Mon
     assert compat.uvicorn_log_config()["version"] == 1
 
 
-def test_superlink_middlewares_run_only_on_the_routes_they_act_on(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.mark.usefixtures("superlink_argv")
+def test_superlink_middlewares_run_only_on_the_routes_they_act_on(monkeypatch: pytest.MonkeyPatch) -> None:
     from fastapi.testclient import TestClient
     from flwr.proto.fleet_pb2 import PullMessagesRequest
 
     main = importlib.import_module(compat.SUPERLINK_MAIN)
     monkeypatch.setattr(main, "_get_middleware", main._get_middleware)
-    monkeypatch.setattr("sys.argv", ["flower-superlink", "--insecure", "--isolation", "process",
-                                     "--database", str(tmp_path / "db.sqlite")])
     compat.skip_idle_superlink_middlewares()
     compat.skip_idle_superlink_middlewares()  # a second call does not wrap twice
     wrapped = {m.kwargs["middleware"].__name__: m.kwargs["prefix"] for m in main._get_middleware()
