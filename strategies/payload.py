@@ -16,7 +16,7 @@ reach numpy's loader unchecked.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from io import BytesIO
 from typing import Any
 
@@ -40,28 +40,32 @@ class PayloadError(StrategyError):
 def encode(payload: Mapping[str, Any]) -> RecordDict:
     """Arrays, ``{name: array}`` maps and lists of arrays become ArrayRecords; scalars and
     lists of scalars go into the ``scalars`` ConfigRecord; ``None`` values are left out.
-    Packed instead (the module's docstring) if the arrays are small."""
-    if _array_bytes(payload) <= PACK_LIMIT:
-        return _encode_packed(payload)
+    Packed instead (the module's docstring) if the arrays are small: then single arrays and
+    lists of arrays go into the ``packed`` ConfigRecord as ``.npy`` bytes, with the scalars."""
+    packed = _array_bytes(payload) <= PACK_LIMIT
     content = RecordDict()
-    scalars = ConfigRecord()
+    config = ConfigRecord()
     for key, value in payload.items():
         if value is None:
             continue
-        if isinstance(value, np.ndarray):
-            content[_ARRAY + key] = ArrayRecord({"v": Array(np.asarray(value, order="C"))})
-        elif isinstance(value, Mapping):
-            content[_MAP + key] = ArrayRecord(
-                {str(k): Array(np.asarray(v, order="C")) for k, v in value.items()}
-            )
-        elif isinstance(value, list) and value and all(isinstance(v, np.ndarray) for v in value):
-            content[_SEQ + key] = ArrayRecord(
-                {str(i): Array(np.asarray(v, order="C")) for i, v in enumerate(value)}
-            )
+        if isinstance(value, Mapping):
+            content[_MAP + key] = _array_record(value.items())
+        elif isinstance(value, np.ndarray) and packed:
+            config[_P_ARRAY + key] = _npy_bytes(value)
+        elif isinstance(value, np.ndarray):
+            content[_ARRAY + key] = _array_record([("v", value)])
+        elif _is_array_list(value) and packed:
+            config[_P_SEQ + key] = [_npy_bytes(v) for v in value]
+        elif _is_array_list(value):
+            content[_SEQ + key] = _array_record(enumerate(value))
         else:
-            scalars[key] = value
-    content[SCALARS] = scalars
+            config[_P_SCALAR + key if packed else key] = value
+    content[PACKED if packed else SCALARS] = config
     return content
+
+
+def _array_record(items: Iterable[tuple[Any, np.ndarray]]) -> ArrayRecord:
+    return ArrayRecord({str(k): Array(np.asarray(v, order="C")) for k, v in items})
 
 
 def _is_array_list(value: Any) -> bool:
@@ -83,26 +87,6 @@ def _npy_bytes(value: np.ndarray) -> bytes:
     buffer = BytesIO()
     np.lib.format.write_array(buffer, np.asarray(value, order="C"), allow_pickle=False)
     return buffer.getvalue()
-
-
-def _encode_packed(payload: Mapping[str, Any]) -> RecordDict:
-    content = RecordDict()
-    packed = ConfigRecord()
-    for key, value in payload.items():
-        if value is None:
-            continue
-        if isinstance(value, np.ndarray):
-            packed[_P_ARRAY + key] = _npy_bytes(value)
-        elif isinstance(value, Mapping):
-            content[_MAP + key] = ArrayRecord(
-                {str(k): Array(np.asarray(v, order="C")) for k, v in value.items()}
-            )
-        elif _is_array_list(value):
-            packed[_P_SEQ + key] = [_npy_bytes(v) for v in value]
-        else:
-            packed[_P_SCALAR + key] = value
-    content[PACKED] = packed
-    return content
 
 
 def decode(content: RecordDict) -> dict[str, Any]:
