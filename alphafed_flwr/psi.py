@@ -21,7 +21,9 @@ u-coordinate directly lands on the twist half the time, and scalar multiplicatio
 that visible). The comparison is exact: ``x(P) = x(P')`` only for ``P' = +-P``, and
 ``x(kP)`` is a bijection of the subgroup's u-coordinates, so two blinded values are equal
 exactly when the IDs' ``H`` are equal up to sign, for distinct IDs a chance of about
-``2^-250`` per pair. ``H`` is RFC 9380's nonuniform encoding, not its random-oracle
+``2^-250`` per pair. With one collaborator the host compares 16-byte prefixes of these
+uniform values: a false match has a chance of ``2^-128`` per pair (``2^-88`` for a million
+IDs on each side). ``H`` is RFC 9380's nonuniform encoding, not its random-oracle
 ``hash_to_curve``: each subgroup point has a bounded number (at most 16) of preimages ``u``
 and Elligator 2 inverts efficiently, so a security reduction can program ``H`` with any
 challenge point re-randomized until it has a preimage (an expected factor 2 in running time),
@@ -33,7 +35,7 @@ can therefore only spoil its own results.
 
 **Two parties** (host ``h`` with key ``a``, one collaborator ``c0`` with key ``b``): 4n
 multiplications. The host streams ``aH(x)`` (its IDs in a secret order) to ``c0``, which
-returns ``baH(x)`` chunk by chunk; ``c0`` streams ``bH(y)`` (its IDs in a secret order) to
+returns the first 16 bytes of each ``baH(x)`` chunk by chunk (the host only compares them); ``c0`` streams ``bH(y)`` (its IDs in a secret order) to
 the host, which computes ``abH(y)``. Both directions share each message, and the host
 computes while ``c0`` does (the first message only asks for ``c0``'s first chunk, so both
 start at once). The host compares the two lists, learns the intersection, and

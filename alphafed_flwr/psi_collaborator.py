@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from alphafed_flwr.api.log import logger
-from alphafed_flwr.psi_core import HOST_CHAIN, PsiError, PsiParty, PsiRefused, as_points, new_key, permutation
+from alphafed_flwr.psi_core import COMPARED_SIZE, HOST_CHAIN, PsiError, PsiParty, PsiRefused, as_points, new_key, permutation
 
 MAX_PARTIES = 1024
 MAX_SET_SIZE = 1 << 40
@@ -183,8 +183,8 @@ def _blind(party: PsiParty, chunks: Any) -> dict[str, np.ndarray]:
             raise PsiError(f"'blind' of chain '{chain}' beyond its announced size {size} (each point is blinded once)")
         blinded = party.blind(points)
         party.meta["fed"][chain] = fed + len(points)
-        if party.meta["parties"] < 2:
-            out[chain] = blinded
+        if party.meta["parties"] < 2:  # the host only compares these: their prefixes suffice
+            out[chain] = np.ascontiguousarray(blinded[:, :COMPARED_SIZE])
             continue
         kept = party.arrays.get(f"acc:{chain}")
         party.arrays[f"acc:{chain}"] = blinded if kept is None else np.concatenate([kept, blinded])

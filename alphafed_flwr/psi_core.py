@@ -20,6 +20,7 @@ import numpy as np
 DST = b"ALPHAFED-FLWR-PSI-V03-CS01-with-curve25519_XMD:SHA-512_ELL2_NU_"
 FIELD_PRIME = 2**255 - 19
 POINT_SIZE = 32  # an X25519 u-coordinate, little-endian
+COMPARED_SIZE = 16  # bytes of a fully blinded point that the two-party host compares
 KEY_SIZE = 32  # an X25519 private key (clamped by X25519 itself)
 CHUNK = 1 << 17  # points per message: 4 MiB
 HOST_CHAIN = "h"
@@ -131,10 +132,32 @@ def new_key() -> bytes:
     return secrets.token_bytes(KEY_SIZE)
 
 
-def permutation(size: int) -> np.ndarray:
-    """A uniformly random permutation: the argsort of CSPRNG keys."""
-    keys = np.frombuffer(secrets.token_bytes(8 * size), dtype="<u8")
+def permutation(size: int, seed: bytes | None = None) -> np.ndarray:
+    """A uniformly random permutation: the argsort of CSPRNG keys, or with a 32-byte
+    ``seed`` of ChaCha20's keystream under it (``cryptography``), so the seed stands for
+    the permutation (a party keeps 32 bytes in its state, not 8 bytes per ID)."""
+    if seed is None:
+        keys = np.frombuffer(secrets.token_bytes(8 * size), dtype="<u8")
+    else:
+        keys = np.frombuffer(_keystream(seed, 8 * size), dtype="<u8")
     return np.argsort(keys, kind="stable").astype(np.int64)
+
+
+def _keystream(seed: bytes, length: int) -> bytes:
+    """``length`` bytes of ChaCha20's keystream under ``seed`` (nonce and counter zero)."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms  # pylint: disable=import-outside-toplevel
+
+    if not isinstance(seed, bytes) or len(seed) != KEY_SIZE:
+        raise PsiError(f"a permutation seed is {KEY_SIZE} bytes")
+    return Cipher(algorithms.ChaCha20(seed, bytes(16)), mode=None).encryptor().update(bytes(length))
+
+
+@functools.lru_cache(maxsize=4)
+def _order(seed: bytes, size: int) -> np.ndarray:
+    """``permutation(size, seed)``, kept for the next message of a warm process (read-only)."""
+    order = permutation(size, seed)
+    order.flags.writeable = False
+    return order
 
 
 def _hash_all(ids: list[str]) -> np.ndarray:
@@ -185,11 +208,12 @@ def multiply(key: bytes, points: np.ndarray) -> np.ndarray:
     return out
 
 
-def as_points(points: Any, count: int | None = None) -> np.ndarray:
-    """``points`` as a C-contiguous (n, 32) uint8 array (``n == count`` if given), else ``PsiError``."""
-    if not isinstance(points, np.ndarray) or points.dtype != np.uint8 or points.shape[1:] != (POINT_SIZE,):
+def as_points(points: Any, count: int | None = None, width: int = POINT_SIZE) -> np.ndarray:
+    """``points`` as a C-contiguous (n, width) uint8 array (``n == count`` if given), else
+    ``PsiError``; ``width`` 32 for curve points, fewer for the compared prefixes."""
+    if not isinstance(points, np.ndarray) or points.dtype != np.uint8 or points.shape[1:] != (width,):
         shape = getattr(points, "shape", type(points).__name__)
-        raise PsiError(f"expected an (n, {POINT_SIZE}) uint8 array of curve points, got {shape}")
+        raise PsiError(f"expected an (n, {width}) uint8 array of curve points, got {shape}")
     if count is not None and len(points) != count:
         raise PsiError(f"expected {count} curve points, got {len(points)}")
     return np.ascontiguousarray(points)
@@ -221,7 +245,7 @@ class PsiParty:
 
     ids: list[str]
     keys: list[bytes] = field(default_factory=list)
-    order: np.ndarray | None = None
+    seed: bytes | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -231,8 +255,14 @@ class PsiParty:
         return cls(ids=list(canonical_ids(ids)), keys=[new_key() for _ in range(num_keys)])
 
     def new_order(self) -> None:
-        """Draw the secret order in which this party sends its own set."""
-        self.order = permutation(len(self.ids))
+        """Draw the secret order in which this party sends its own set (as its seed)."""
+        self.seed = new_key()
+
+    @property
+    def order(self) -> np.ndarray | None:
+        """The secret order of this party's own set (positions in ``ids``), or None before
+        ``new_order()``."""
+        return None if self.seed is None else _order(self.seed, len(self.ids))
 
     def own_points(self, start: int, stop: int, key_indices: Iterable[int]) -> np.ndarray:
         """Positions ``start:stop`` of this party's own list, hashed and blinded with its keys."""
@@ -271,8 +301,8 @@ class PsiParty:
         """Arrays and bytes (no IDs: the party reloads those locally)."""
         state: dict[str, Any] = {f"key{i}": key for i, key in enumerate(self.keys)}
         state["meta"] = json.dumps(self.meta).encode()
-        if self.order is not None:
-            state["order"] = self.order
+        if self.seed is not None:
+            state["order-seed"] = self.seed
         state.update(self.arrays)
         return state
 
@@ -281,11 +311,11 @@ class PsiParty:
         """Rebuild a party from ``to_state()`` and its IDs (an empty state: a fresh party);
         ``canonical``: ``ids`` is already ``canonical_ids`` of them (its keys are used as is)."""
         keys = [bytes(state[k]) for k in sorted(k for k in state if k.startswith("key"))]
-        order = state.get("order")
+        seed = state.get("order-seed")
         return cls(
             ids=list(ids if canonical else canonical_ids(ids)),
             keys=keys,
-            order=None if order is None else np.asarray(order, dtype=np.int64),
+            seed=None if seed is None else bytes(seed),
             meta=json.loads(bytes(state["meta"])) if "meta" in state else {},
             arrays={k: np.asarray(v) for k, v in state.items() if ":" in k},
         )

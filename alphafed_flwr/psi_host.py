@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from alphafed_flwr.api.log import logger
-from alphafed_flwr.psi_core import CHUNK, HOST_CHAIN, POINT_SIZE, PsiError, PsiParty, as_points
+from alphafed_flwr.psi_core import CHUNK, COMPARED_SIZE, HOST_CHAIN, POINT_SIZE, PsiError, PsiParty, as_points
 
 Exchange = Callable[[dict[str, dict[str, Any]]], dict[str, dict[str, Any]]]
 
@@ -87,21 +87,23 @@ def _reply(replies: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     return reply
 
 
-def _part(reply: Mapping[str, Any], key: str, chain: str, count: int, name: str) -> np.ndarray:
-    """``reply[key][chain]``: ``count`` curve points."""
+def _part(
+    reply: Mapping[str, Any], key: str, chain: str, count: int, name: str, width: int = POINT_SIZE
+) -> np.ndarray:
+    """``reply[key][chain]``: ``count`` curve points (or their ``width``-byte prefixes)."""
     parts = reply.get(key)
     if not isinstance(parts, Mapping) or chain not in parts:
         raise PsiError(f"'{name}' sent no '{key}' for chain '{chain}'")
-    return as_points(parts[chain], count)
+    return as_points(parts[chain], count, width)
 
 
-def _stack(parts: list[np.ndarray]) -> np.ndarray:
-    return np.concatenate(parts) if parts else np.zeros((0, POINT_SIZE), dtype=np.uint8)
+def _stack(parts: list[np.ndarray], width: int = POINT_SIZE) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros((0, width), dtype=np.uint8)
 
 
 def _elements(points: np.ndarray) -> np.ndarray:
-    """Rows as single 32-byte values, for set operations."""
-    return np.ascontiguousarray(points).view(f"V{POINT_SIZE}").ravel()
+    """Rows as single values, for set operations."""
+    return np.ascontiguousarray(points).view(f"V{points.shape[1]}").ravel()
 
 
 class _OwnChunks:
@@ -150,12 +152,13 @@ def _two_parties(
             request["own"] = asked
         reply = _reply(exchange({name: request}), name)
         if points is not None:
-            ours.append(_part(reply, "blind", HOST_CHAIN, len(points), name))
+            ours.append(_part(reply, "blind", HOST_CHAIN, len(points), name, COMPARED_SIZE))
         if asked:
             theirs.append(own.ahead.submit(host.blind, as_points(reply.get("own"), asked), 0))
             sent_c += asked
         request = {}
-    mine, common = _common({HOST_CHAIN: _stack(ours), "c0": _stack([future.result() for future in theirs])})
+    theirs_compared = _stack([future.result()[:, :COMPARED_SIZE] for future in theirs], COMPARED_SIZE)
+    mine, common = _common({HOST_CHAIN: _stack(ours, COMPARED_SIZE), "c0": theirs_compared})
     last = exchange({name: {"resolve": common["c0"]}})
     return host.resolve(mine), last
 
