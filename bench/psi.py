@@ -2,7 +2,7 @@
 in common, as two deployments on loopback (``python -m alphafed_flwr.server`` and ``.client``,
 Flower's SuperLink and SuperNode), against the limit measured in the same run.
 
-    python bench/psi.py [--ids 1000000] [--rate-seconds 8] [--in-process IDS]
+    python bench/psi.py [--ids 1000000] [--repeat 3] [--rate-seconds 8] [--in-process IDS]
 
 The two-party protocol takes 4n X25519 multiplications (n = IDs per party: each party
 blinds its own list and the other's). The limit is 4n divided by the rate of raw X25519
@@ -11,8 +11,10 @@ the PSI (their mean), with two implementations: OpenSSL through ``cryptography``
 key objects) and libsodium through ctypes (the PSI's own call); the limit takes the faster.
 The PSI time is the host's own log line (start to the last reply); memory is the peak,
 sampled every 0.5 s, of the resident set sizes summed over each side's process tree
-(psutil). On a shared machine the wall-time ratio moves with other people's load, so the
-bench also prints the load average and the CPU seconds both parties' process trees spent
+(psutil). On a shared machine the wall-time ratio moves with other people's load (the speed
+of raw multiplications drifts by several percent within minutes), so the bench runs the
+deployment ``--repeat`` times (default 3), each between two rate measurements and against
+its own limit, and reports the median ratio with every run's; it also prints the load average and the CPU seconds both parties' process trees spent
 during the PSI against the CPU seconds of 4n raw multiplications (rates per CPU second, same
 measurements). ``--in-process IDS`` also runs the protocol with both parties in this process
 (messages through the payload codec, no transport): its CPU seconds against raw
@@ -29,6 +31,7 @@ import json
 import multiprocessing as mp
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -206,10 +209,53 @@ def limit(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, 
     return out
 
 
+def summary(run: dict[str, Any], before: dict[str, Any], after: dict[str, Any], ids: int) -> dict[str, Any]:
+    """One deployment run against the limit from the rates measured just before and after it."""
+    if run["common"] != ids // 2:
+        raise RuntimeError(f"{run['common']} common IDs, expected {ids // 2}")
+    result = {**limit(before, after), **run, "ids": ids, "multiplications": 4 * ids}
+    result["limit_s"] = 4 * ids / result["x25519_rate_both_cores"]
+    result["ratio"] = run["psi_seconds"] / result["limit_s"]
+    result["cpu_ratio"] = run["psi_cpu_seconds"] / (4 * ids / result["x25519_rate_per_cpu_second"])
+    return result
+
+
+def readme_line(result: dict[str, Any], load: str) -> str:
+    ids = result["ids"]
+    return (
+        f"README: PSI {ids:,} x {ids:,} IDs (50% common), loopback deployment: "
+        f"{result['psi_seconds']:.1f} s = {result['ratio']:.2f}x the X25519 limit ({result['limit_s']:.1f} s: "
+        f"4n / {result['x25519_rate_both_cores']:,.0f} raw X25519 per s on 2 cores, "
+        f"{result['x25519_fastest']}; OpenSSL {result['x25519_openssl_rate_both_cores']:,.0f}, "
+        f"libsodium {result['x25519_libsodium_rate_both_cores']:,.0f}); peak RSS host "
+        f"{result['peak_rss_gb_host']:.2f} GB, collaborator {result['peak_rss_gb_collaborator']:.2f} GB "
+        f"(together {result['peak_rss_gb_both']:.2f} GB); CPU seconds of both parties during the PSI "
+        f"{result['psi_cpu_seconds']:.0f} = {result['cpu_ratio']:.2f}x those of 4n raw multiplications; "
+        f"whole run {result['wall']:.0f} s; {load}"
+    )
+
+
+def median_line(runs: list[dict[str, Any]], load: str) -> str:
+    """The README line of several runs: the median ratio and every run's figures."""
+    def listed(key: str, form: str) -> str:
+        return ", ".join(format(run[key], form) for run in runs)
+
+    ids = runs[0]["ids"]
+    return (
+        f"README: PSI {ids:,} x {ids:,} IDs (50% common), loopback deployment, {len(runs)} runs: median "
+        f"{statistics.median(run['ratio'] for run in runs):.2f}x the X25519 limit (each run: {listed('ratio', '.2f')}x; "
+        f"{listed('psi_seconds', '.1f')} s against limits of {listed('limit_s', '.1f')} s from the raw X25519 "
+        f"rates measured just before and after it); CPU seconds {listed('cpu_ratio', '.2f')}x those of 4n raw "
+        f"multiplications; peak RSS together at most {max(run['peak_rss_gb_both'] for run in runs):.2f} GB; {load}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ids", type=int, default=1_000_000, help="IDs per party (half in common)")
     parser.add_argument("--rate-seconds", type=float, default=8.0, help="length of each rate measurement")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="deployment runs, each between two rate measurements; the median ratio is reported")
     parser.add_argument("--out", type=Path, default=None, help="run folder (default: a temporary one)")
     parser.add_argument("--in-process", type=int, default=0, metavar="IDS",
                         help="also run the protocol with both parties in this process at IDS IDs each")
@@ -217,42 +263,28 @@ def main() -> None:
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="psi-bench-"))
     load_before = os.getloadavg()
-    before = rates(args.rate_seconds)
+    measured = [rates(args.rate_seconds)]
     local = in_process(args.in_process) if args.in_process else {}
-    run = {} if args.no_deployment else deploy(args.ids, out)
-    after = rates(args.rate_seconds)
-    result: dict[str, Any] = {**limit(before, after), **local, **run,
+    runs: list[dict[str, Any]] = []
+    for index in range(0 if args.no_deployment else args.repeat):
+        run = deploy(args.ids, out / f"run{index + 1}")
+        measured.append(rates(args.rate_seconds))
+        runs.append(summary(run, measured[-2], measured[-1], args.ids))
+    result: dict[str, Any] = {**limit(measured[0], measured[-1]), **local, "runs": runs,
                               "load_average_before": load_before, "load_average_after": os.getloadavg()}
-    per_cpu = result["x25519_rate_per_cpu_second"]
     load = f"load average {load_before[0]:.1f} before, {result['load_average_after'][0]:.1f} after"
     if local:
-        mults = 4 * args.in_process
-        result["in_process_cpu_ratio"] = local["in_process_cpu_seconds"] / (mults / per_cpu)
-    if run:
-        mults = 4 * args.ids
-        if run["common"] != args.ids // 2:
-            raise RuntimeError(f"{run['common']} common IDs, expected {args.ids // 2}")
-        result.update(ids=args.ids, multiplications=mults, limit_s=mults / result["x25519_rate_both_cores"])
-        result["ratio"] = run["psi_seconds"] / result["limit_s"]
-        result["cpu_ratio"] = run["psi_cpu_seconds"] / (mults / per_cpu)
+        per_cpu = result["x25519_rate_per_cpu_second"]
+        result["in_process_cpu_ratio"] = local["in_process_cpu_seconds"] / (4 * args.in_process / per_cpu)
     print(json.dumps(result, indent=1))
     if local:
         print(f"README: in process, {args.in_process:,} x {args.in_process:,} IDs: "
               f"{local['in_process_cpu_seconds']:.1f} CPU s = {result['in_process_cpu_ratio']:.2f}x the CPU "
               f"seconds of 4n raw X25519 multiplications ({per_cpu:,.0f} per CPU second); {load}")
-    if run:
-        print(
-            f"README: PSI {args.ids:,} x {args.ids:,} IDs (50% common), loopback deployment: "
-            f"{run['psi_seconds']:.1f} s = {result['ratio']:.2f}x the X25519 limit ({result['limit_s']:.1f} s: "
-            f"4n / {result['x25519_rate_both_cores']:,.0f} raw X25519 per s on 2 cores, "
-            f"{result['x25519_fastest']}; OpenSSL {result['x25519_openssl_rate_both_cores']:,.0f}, "
-            f"libsodium {result['x25519_libsodium_rate_both_cores']:,.0f}); peak RSS host "
-            f"{run['peak_rss_gb_host']:.2f} GB, collaborator {run['peak_rss_gb_collaborator']:.2f} GB "
-            f"(together {run['peak_rss_gb_both']:.2f} GB); CPU seconds of both parties during the PSI "
-            f"{run['psi_cpu_seconds']:.0f} = {result['cpu_ratio']:.2f}x those of 4n raw multiplications; "
-            f"whole run {run['wall']:.0f} s; {load}"
-        )
-
+    if len(runs) == 1:
+        print(readme_line(runs[0], load))
+    elif runs:
+        print(median_line(runs, load))
 
 if __name__ == "__main__":
     main()
