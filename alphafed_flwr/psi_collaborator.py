@@ -9,7 +9,16 @@ from typing import Any
 import numpy as np
 
 from alphafed_flwr.api.log import logger
-from alphafed_flwr.psi_core import COMPARED_SIZE, HOST_CHAIN, PsiError, PsiParty, PsiRefused, as_points, new_key, permutation
+from alphafed_flwr.psi_core import (
+    COMPARED_SIZE,
+    HOST_CHAIN,
+    PsiError,
+    PsiParty,
+    PsiRefused,
+    as_points,
+    new_key,
+    permutation,
+)
 
 MAX_PARTIES = 1024
 MAX_SET_SIZE = 1 << 40

@@ -14,9 +14,9 @@ sampled every 0.5 s, of the resident set sizes summed over each side's process t
 (psutil). On a shared machine the wall-time ratio moves with other people's load (the speed
 of raw multiplications drifts by several percent within minutes), so the bench runs the
 deployment ``--repeat`` times (default 3), each between two rate measurements and against
-its own limit, and reports the median ratio with every run's; it also prints the load average and the CPU seconds both parties' process trees spent
-during the PSI against the CPU seconds of 4n raw multiplications (rates per CPU second, same
-measurements). ``--in-process IDS`` also runs the protocol with both parties in this process
+its own limit, and reports the median ratio with every run's; it also prints the load
+average and the CPU seconds both parties' process trees spent during the PSI against the CPU
+seconds of 4n raw multiplications (rates per CPU second, same measurements). ``--in-process IDS`` also runs the protocol with both parties in this process
 (messages through the payload codec, no transport): its CPU seconds against raw
 multiplications are the protocol's own overhead, hashing included. The task is
 ``bench/psi_task.py``; messages carry chunks of ``alphafed_flwr.psi.CHUNK`` points.
@@ -243,7 +243,8 @@ def median_line(runs: list[dict[str, Any]], load: str) -> str:
     ids = runs[0]["ids"]
     return (
         f"README: PSI {ids:,} x {ids:,} IDs (50% common), loopback deployment, {len(runs)} runs: median "
-        f"{statistics.median(run['ratio'] for run in runs):.2f}x the X25519 limit (each run: {listed('ratio', '.2f')}x; "
+        f"{statistics.median(run['ratio'] for run in runs):.2f}x the X25519 limit "
+        f"(each run: {listed('ratio', '.2f')}x; "
         f"{listed('psi_seconds', '.1f')} s against limits of {listed('limit_s', '.1f')} s from the raw X25519 "
         f"rates measured just before and after it); CPU seconds {listed('cpu_ratio', '.2f')}x those of 4n raw "
         f"multiplications; peak RSS together at most {max(run['peak_rss_gb_both'] for run in runs):.2f} GB; {load}"
