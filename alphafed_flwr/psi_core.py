@@ -166,13 +166,14 @@ def _hash_all(ids: list[str]) -> np.ndarray:
     elligator, prime, dst_prime = _elligator_map(), FIELD_PRIME, DST + bytes([len(DST)])
     suffix = _FIELD_LENGTH.to_bytes(2, "big") + b"\0" + dst_prime
     second = b"\1" + dst_prime
-    pad, sha512 = _XMD_PAD.copy, hashlib.sha512
-    out = []
+    pad, sha512, to_int, half = _XMD_PAD.copy, hashlib.sha512, int.from_bytes, FIELD_PRIME // 2 + 1
+    out: list[bytes] = []
+    append = out.append
     for sample_id in ids:  # expand_message_xmd with one block, inlined: this is the hot loop
         first = pad()
         first.update(sample_id.encode() + suffix)
-        u = int.from_bytes(sha512(first.digest() + second).digest()[:_FIELD_LENGTH], "big") % prime
-        out.append(elligator(min(u, prime - u).to_bytes(POINT_SIZE, "little")))
+        u = to_int(sha512(first.digest() + second).digest()[:_FIELD_LENGTH], "big") % prime
+        append(elligator((u if u < half else prime - u).to_bytes(POINT_SIZE, "little")))  # min(u, p - u)
     return np.frombuffer(b"".join(out), dtype=np.uint8).reshape(-1, POINT_SIZE)
 
 
