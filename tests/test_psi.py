@@ -262,6 +262,15 @@ def test_the_map_agrees_with_libsodium_on_random_inputs() -> None:
         assert multiply(key, q).tobytes() == times_key_over_8(key, cleared(u))
 
 
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=300), max_size=20))
+def test_the_batched_hash_is_hash_to_point(ids: list[str]) -> None:
+    """The inlined hot loop that hashes a party's own list gives ``hash_to_point`` of each ID
+    (the RFC 9380 reference path above), whatever the text."""
+    expected = b"".join(hash_to_point(i) for i in ids)
+    assert psi_core._hash_all(ids).tobytes() == expected  # pylint: disable=protected-access
+
+
 def test_the_bindings_temporary_library_copy_is_removed() -> None:
     psi_core._x25519()  # pylint: disable=protected-access
     assert not Path(sys.modules["rbcl._sodium"].lib_path).exists()
