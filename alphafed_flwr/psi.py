@@ -38,8 +38,9 @@ multiplications. The host streams ``aH(x)`` (its IDs in a secret order) to ``c0`
 returns the first 16 bytes of each ``baH(x)`` chunk by chunk (the host only compares them);
 ``c0`` streams ``bH(y)`` (its IDs in a secret order) to the host, which computes ``abH(y)``.
 Both directions share each message, and the host computes while ``c0`` does (the first
-message only asks for ``c0``'s first chunk, so both start at once). The host compares the two lists, learns the intersection, and
-sends ``c0`` the *positions* of the common elements in ``c0``'s list.
+message only asks for ``c0``'s first chunk, so both start at once). The host compares the
+two lists, learns the intersection, and sends ``c0`` the *positions* of the common elements
+in ``c0``'s list.
 
 **m >= 2 collaborators**: every party's set travels a chain of blinding hops (``c_k``: its
 own key, the host's ``s_0`` with a shuffle, then ``c_{k+1}`` ... ``c_{k-1}`` each blinding

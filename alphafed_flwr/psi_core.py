@@ -136,11 +136,8 @@ def permutation(size: int, seed: bytes | None = None) -> np.ndarray:
     """A uniformly random permutation: the argsort of CSPRNG keys, or with a 32-byte
     ``seed`` of ChaCha20's keystream under it (``cryptography``), so the seed stands for
     the permutation (a party keeps 32 bytes in its state, not 8 bytes per ID)."""
-    if seed is None:
-        keys = np.frombuffer(secrets.token_bytes(8 * size), dtype="<u8")
-    else:
-        keys = np.frombuffer(_keystream(seed, 8 * size), dtype="<u8")
-    return np.argsort(keys, kind="stable").astype(np.int64)
+    raw = secrets.token_bytes(8 * size) if seed is None else _keystream(seed, 8 * size)
+    return np.argsort(np.frombuffer(raw, dtype="<u8"), kind="stable").astype(np.int64)
 
 
 def _keystream(seed: bytes, length: int) -> bytes:

@@ -16,9 +16,10 @@ of raw multiplications drifts by several percent within minutes), so the bench r
 deployment ``--repeat`` times (default 3), each between two rate measurements and against
 its own limit, and reports the median ratio with every run's; it also prints the load
 average and the CPU seconds both parties' process trees spent during the PSI against the CPU
-seconds of 4n raw multiplications (rates per CPU second, same measurements). ``--in-process IDS`` also runs the protocol with both parties in this process
-(messages through the payload codec, no transport): its CPU seconds against raw
-multiplications are the protocol's own overhead, hashing included. The task is
+seconds of 4n raw multiplications (rates per CPU second, same measurements).
+``--in-process IDS`` also runs the protocol with both parties in this process (messages
+through the payload codec, no transport): its CPU seconds against raw multiplications are
+the protocol's own overhead, hashing included. The task is
 ``bench/psi_task.py``; messages carry chunks of ``alphafed_flwr.psi.CHUNK`` points.
 
     python bench/psi.py --in-process 100000 --no-deployment
@@ -221,6 +222,7 @@ def summary(run: dict[str, Any], before: dict[str, Any], after: dict[str, Any], 
 
 
 def readme_line(result: dict[str, Any], load: str) -> str:
+    """The README line of one run."""
     ids = result["ids"]
     return (
         f"README: PSI {ids:,} x {ids:,} IDs (50% common), loopback deployment: "
