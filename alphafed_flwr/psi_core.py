@@ -23,6 +23,7 @@ POINT_SIZE = 32  # an X25519 u-coordinate, little-endian
 COMPARED_SIZE = 16  # bytes of a fully blinded point that the two-party host compares
 KEY_SIZE = 32  # an X25519 private key (clamped by X25519 itself)
 CHUNK = 1 << 17  # points per message: 4 MiB
+SPAN = 2048  # points per task of the multiplication threads (about 70 ms of work)
 HOST_CHAIN = "h"
 WORKERS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 _XMD_PAD = hashlib.sha512(bytes(128))  # expand_message_xmd's Z_pad block, hashed once
@@ -183,8 +184,10 @@ def _canonical(points: np.ndarray) -> np.ndarray:
 
 
 def multiply(key: bytes, points: np.ndarray) -> np.ndarray:
-    """X25519 of ``key`` with every row of an (n, 32) array, on every core; a non-canonical
-    encoding or a point of small order (X25519's all-zero result) is a ``PsiError``."""
+    """X25519 of ``key`` with every row of an (n, 32) array, on every core (in spans of
+    ``SPAN`` points, which the threads take in turn, so they finish together even when other
+    work holds a core); a non-canonical encoding or a point of small order (X25519's all-zero
+    result) is a ``PsiError``."""
     if not isinstance(key, bytes) or len(key) != KEY_SIZE:
         raise PsiError(f"an X25519 key is {KEY_SIZE} bytes")
     points = as_points(points)
@@ -199,7 +202,7 @@ def multiply(key: bytes, points: np.ndarray) -> np.ndarray:
             failed |= x25519(target + offset, key, source + offset)
         return failed == 0
 
-    step = POINT_SIZE * max(1, -(-len(points) // WORKERS))
+    step = POINT_SIZE * SPAN
     spans = [range(lo, min(lo + step, total), POINT_SIZE) for lo in range(0, total, step)]
     if not all(_pool().map(work, spans)):
         raise PsiError("a list holds a point of small order (X25519 gave the all-zero result)")
@@ -248,9 +251,10 @@ class PsiParty:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
-    def create(cls, ids: Iterable[Any], num_keys: int = 1) -> PsiParty:
-        """A party with ``num_keys`` fresh keys over ``ids`` (as strings, duplicates dropped)."""
-        return cls(ids=list(canonical_ids(ids)), keys=[new_key() for _ in range(num_keys)])
+    def create(cls, ids: Iterable[Any], num_keys: int = 1, canonical: bool = False) -> PsiParty:
+        """A party with ``num_keys`` fresh keys over ``ids`` (as strings, duplicates dropped;
+        ``canonical``: ``ids`` is already ``canonical_ids`` of them)."""
+        return cls(ids=list(ids if canonical else canonical_ids(ids)), keys=[new_key() for _ in range(num_keys)])
 
     def new_order(self) -> None:
         """Draw the secret order in which this party sends its own set (as its seed)."""
@@ -293,7 +297,8 @@ class PsiParty:
         """Positions in this party's own list -> its IDs (as strings)."""
         if self.order is None:
             raise PsiError("resolve() before this party sent its own list")
-        return [self.ids[self.order[p]] for p in np.asarray(positions, dtype=np.int64)]
+        ids = self.ids
+        return [ids[i] for i in self.order[np.asarray(positions, dtype=np.int64)].tolist()]
 
     def to_state(self) -> dict[str, Any]:
         """Arrays and bytes (no IDs: the party reloads those locally)."""

@@ -115,6 +115,45 @@ def cpu(proc: psutil.Process) -> float:
     return times.user + times.system + times.children_user + times.children_system
 
 
+def processes(pid: int, party: str) -> dict[str, float]:
+    """CPU seconds of a process and its descendants, by ``"<pid> <party>: <role>"`` (``role``:
+    the module or program that the process runs)."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return {}
+    out = {}
+    for proc in procs:
+        try:
+            out[f"{proc.pid} {party}: {role(proc.cmdline())}"] = cpu(proc)
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
+def role(cmdline: list[str]) -> str:
+    """``python -m module ...`` -> module; ``program ...`` -> the program's file name."""
+    if "-m" in cmdline[:-1]:
+        return cmdline[cmdline.index("-m") + 1]
+    if "-c" in cmdline[:-1]:  # Flower's entry points started as ``python -c "...sys.argv[0] = 'name'..."``
+        named = re.search(r"argv\[0\] = '([^']+)'", cmdline[cmdline.index("-c") + 1])
+        return named[1] if named else "python -c"
+    scripts = [arg for arg in cmdline[1:] if not arg.startswith("-")][:1] or cmdline[:1]
+    return Path(scripts[0]).name if scripts else "?"
+
+
+def cpu_spent(marks: list[dict[str, float]]) -> dict[str, Any]:
+    """CPU seconds of both parties' processes between the PSI's two marks, in all and by role."""
+    if len(marks) != 2:
+        return {"psi_cpu_seconds": float("nan"), "psi_cpu_seconds_by_role": {}}
+    by_role: dict[str, float] = {}
+    for key, end in marks[1].items():
+        name = key.split(" ", 1)[1]
+        by_role[name] = round(by_role.get(name, 0.0) + end - marks[0].get(key, 0.0), 1)
+    return {"psi_cpu_seconds": sum(by_role.values()), "psi_cpu_seconds_by_role": by_role}
+
+
 def free_port() -> int:
     from alphafed_flwr.deploy.processes import free_port as port  # noqa: PLC0415
 
@@ -138,7 +177,7 @@ def deploy(ids: int, out: Path) -> dict[str, Any]:
         cwd=ROOT, env=env, stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     peaks = {"host": 0.0, "collaborator": 0.0, "both": 0.0}
-    cpu_marks: list[float] = []  # CPU seconds of both trees when the PSI starts and ends
+    cpu_marks: list[dict[str, float]] = []  # CPU seconds per process when the PSI starts and ends
 
     def sample() -> None:
         marks = ("Private set intersection of ", "Private set intersection: ")
@@ -148,7 +187,7 @@ def deploy(ids: int, out: Path) -> dict[str, Any]:
                          both=max(peaks["both"], host + collab))
             if len(cpu_marks) < 2 and re.search(marks[len(cpu_marks)] + r"\d+ (host|common) IDs",
                                                  (out / "server.log").read_text()):
-                cpu_marks.append(tree(server.pid, cpu) + tree(client.pid, cpu))
+                cpu_marks.append(processes(server.pid, "host") | processes(client.pid, "collaborator"))
             time.sleep(0.5)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -168,7 +207,7 @@ def deploy(ids: int, out: Path) -> dict[str, Any]:
     if server.returncode != 0 or not found:
         raise RuntimeError(f"the deployment failed; see {out / 'server.log'} and {out / 'client.log'}")
     return {"common": int(found[1]), "psi_seconds": float(found[2]), "wall": wall,
-            "psi_cpu_seconds": cpu_marks[1] - cpu_marks[0] if len(cpu_marks) == 2 else float("nan"),
+            **cpu_spent(cpu_marks),
             **{f"peak_rss_gb_{k}": v / 1e9 for k, v in peaks.items()}}
 
 

@@ -205,7 +205,7 @@ class VerticalCollaborator:
             )
             if not self.settings.live_state:  # else read from psi.json (a smaller context.state)
                 self.config["intersection"] = list(mine)
-            write_json(self.folder / "psi.json", {"intersection": list(mine)})
+            write_json(self.folder / "psi.json", {"intersection": list(mine)}, indent=None)
         return reply
 
     def exchange(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -402,7 +402,7 @@ class VerticalCollaborator:
     def _set_intersection(self, ids: list[str], originals: dict[str, Any]) -> None:
         """Record the intersection (``ids`` as strings) as this party's own ID objects
         (``originals``: ``canonical_ids`` of its local IDs)."""
-        self.sched.set_intersection(originals[i] for i in ids)
+        self.sched.set_intersection(map(originals.__getitem__, ids))
 
     def _psi_state(self) -> dict[str, Any]:
         arrays = self.state.array_records.get(PSI_ARRAYS, ArrayRecord())

@@ -140,7 +140,8 @@ class VerticalHost:
         self._clear_outputs()
         if self.settings.seed is not None:
             torch.manual_seed(self.settings.seed)
-        party = PsiParty.create(local, num_keys=2)
+        originals = canonical_ids(local)
+        party = PsiParty.create(originals, num_keys=2, canonical=True)
         names = list(collaborators)
         start = time.monotonic()
         logger.info("Private set intersection of %d host IDs with %s", len(party.ids), ", ".join(names))
@@ -148,8 +149,7 @@ class VerticalHost:
             common, replies = run_psi(party, names, lambda reqs: exchange(reqs))
         except PsiError as exc:
             raise TaskFailed(f"private set intersection failed: {exc}") from exc
-        originals = canonical_ids(local)
-        sched.set_intersection(originals[i] for i in common)
+        sched.set_intersection(map(originals.__getitem__, common))
         train_ids, test_ids = check_split(self.feature_key, sched.train_ids, sched.test_ids)
         mine = split_digest(self.salt, train_ids, test_ids)
         for name, reply in replies.items():
