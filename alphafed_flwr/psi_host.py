@@ -15,10 +15,11 @@ from alphafed_flwr.api.log import logger
 from alphafed_flwr.psi_core import CHUNK, COMPARED_SIZE, HOST_CHAIN, POINT_SIZE, PsiError, PsiParty, as_points
 
 Exchange = Callable[[dict[str, dict[str, Any]]], dict[str, dict[str, Any]]]
+OnCommon = Callable[[list[str]], None]
 
 
 def run_psi(
-    host: PsiParty, collaborators: list[str], exchange: Exchange, chunk: int = CHUNK
+    host: PsiParty, collaborators: list[str], exchange: Exchange, chunk: int = CHUNK, on_common: OnCommon | None = None
 ) -> tuple[list[str], dict[str, dict[str, Any]]]:
     """Drive the protocol from the host.
 
@@ -32,6 +33,10 @@ def run_psi(
         Sends ``{name: request}`` to some collaborators, returns ``{name: reply}``.
     chunk : int
         Points per list per message.
+    on_common : OnCommon | None
+        Called with the host's common IDs as soon as it knows them: with one collaborator,
+        while the collaborator resolves its own (the last exchange), so the host's work on
+        the intersection overlaps it.
 
     Returns
     -------
@@ -69,8 +74,10 @@ def run_psi(
             sizes[f"c{k}"] = int(size)
         if own is None:
             mine, last = _chains(host, collaborators, exchange, sizes, chunk)
+            if on_common is not None:
+                on_common(mine)
         else:
-            mine, last = _two_parties(host, collaborators[0], exchange, sizes, chunk, own)
+            mine, last = _two_parties(host, collaborators[0], exchange, sizes, chunk, own, on_common)
     finally:
         ahead.shutdown(wait=True, cancel_futures=True)
     for name in collaborators:
@@ -128,13 +135,15 @@ class _OwnChunks:
 
 
 def _two_parties(
-    host: PsiParty, name: str, exchange: Exchange, sizes: dict[str, int], chunk: int, own: _OwnChunks
+    host: PsiParty, name: str, exchange: Exchange, sizes: dict[str, int], chunk: int, own: _OwnChunks,
+    on_common: OnCommon | None,
 ) -> tuple[list[str], dict[str, dict[str, Any]]]:
     """4n multiplications. The first message asks only for the collaborator's first chunk
     (the host computed its own during ``start``), so both parties compute from the start;
     every later message carries the host's oldest computed chunk to blind and asks for the
     collaborator's next one, while the host blinds the chunk it just received and computes
-    its next own chunk (on ``own``'s thread, in that order)."""
+    its next own chunk (on ``own``'s thread, in that order). The last exchange (the
+    collaborator resolves its positions) runs on that thread while ``on_common`` runs here."""
     n_h, n_c = sizes[HOST_CHAIN], sizes["c0"]
     ours: list[np.ndarray] = []  # b a H(x), host order
     theirs: list[Future[np.ndarray]] = []  # a b H(y), collaborator's order
@@ -159,8 +168,11 @@ def _two_parties(
         request = {}
     theirs_compared = _stack([future.result()[:, :COMPARED_SIZE] for future in theirs], COMPARED_SIZE)
     mine, common = _common({HOST_CHAIN: _stack(ours, COMPARED_SIZE), "c0": theirs_compared})
-    last = exchange({name: {"resolve": common["c0"]}})
-    return host.resolve(mine), last
+    resolving = own.ahead.submit(exchange, {name: {"resolve": common["c0"]}})
+    ids = host.resolve(mine)
+    if on_common is not None:
+        on_common(ids)
+    return ids, resolving.result()
 
 
 def _common(lists: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:

@@ -9,6 +9,7 @@ import logging
 import random
 import secrets
 import sys
+import threading
 from collections.abc import Callable
 from itertools import permutations
 from pathlib import Path
@@ -101,6 +102,34 @@ def test_every_party_learns_exactly_the_intersection(sets: list[list[int]]) -> N
     assert sorted(mine, key=int) == expected
     assert len(results) == len(sets) - 1
     assert all(sorted(r, key=int) == expected for r in results.values())
+
+
+@pytest.mark.parametrize("sets", [CASES["overlap"], CASES["three parties"]], ids=["two parties", "three parties"])
+def test_on_common_gets_the_host_ids_before_the_collaborators_have_resolved(sets: list[list[int]]) -> None:
+    """``on_common`` sees the host's result once; with one collaborator it runs while that
+    collaborator's last exchange (its ``resolve``) is still in flight."""
+    host = PsiParty.create(sets[0], num_keys=2)
+    names = [f"c{i}" for i in range(1, len(sets))]
+    states: dict[str, dict[str, Any]] = {n: {} for n in names}
+    resolving, seen = threading.Event(), []
+
+    def exchange(requests: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        replies = {}
+        for name, request in requests.items():
+            if "resolve" in request and len(sets) == 2:
+                assert resolving.wait(10), "the host waited for the resolve before on_common"
+            party = PsiParty.from_state(sets[names.index(name) + 1], states[name])
+            replies[name] = decode(encode(collaborator_step(party, decode(encode(request)))[0]))
+            states[name] = party.to_state()
+        return replies
+
+    def on_common(ids: list[str]) -> None:
+        seen.append(ids)
+        resolving.set()
+
+    mine, _ = run_psi(host, names, exchange, chunk=7, on_common=on_common)
+    assert seen == [mine] and resolving.is_set()
+    assert sorted(mine, key=int) == sorted(set.intersection(*(set(map(str, s)) for s in sets)), key=int)
 
 
 def test_two_parties_take_4n_multiplications() -> None:

@@ -3,6 +3,8 @@ frozen collaborators), misaligned batches, and hostile features and gradients.""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,14 +53,16 @@ def fresh_process() -> None:
 
 def run(tmp_path: Path, host: Host, collaborators: list[Collaborator], rounds: int | None = 2, k: int = 1,
         fresh: bool = True, wrap: Callable[[Handler], Handler] | None = None,
-        grids: list[FakeGrid] | None = None, live: bool = False) -> tuple[VerticalHost, dict, FakeGrid]:
+        grids: list[FakeGrid] | None = None, live: bool = False,
+        persists: bool = True) -> tuple[VerticalHost, dict, FakeGrid]:
     """Run a host and collaborators in-process; ``wrap`` wraps each node's handler, ``grids``
     receives the grid (to look at it after a failure), ``live``: collaborators keep their
-    state live (``CollaboratorSettings.live_state``)."""
+    state live (``CollaboratorSettings.live_state``), ``persists``: their folder persists
+    (``folder_persists``)."""
     sources = [PickledTemplate(c) for c in collaborators]
     app = collaborator_client_app(
         lambda ctx: sources[ctx.node_config["partition-id"]],
-        lambda ctx: CollaboratorSettings(task_id=TASK, out_dir=str(tmp_path), live_state=live),
+        lambda ctx: CollaboratorSettings(task_id=TASK, out_dir=str(tmp_path), live_state=live, folder_persists=persists),
     )
     wrap = wrap or (lambda handler: handler)
     handlers = {100 + i: wrap(lambda m, c: app(m, c)) for i in range(len(collaborators))}
@@ -232,6 +236,41 @@ def test_live_state_keeps_the_model_out_of_the_context(tmp_path: Path) -> None:
     model = collaborator_model()
     with pytest.raises(ConfigError, match=token):
         live_state.LiveState("x", snapshot.parent).load(token, model, sgd(model))
+
+
+@pytest.mark.parametrize("persists", [True, False])
+def test_the_intersection_travels_in_the_state_only_where_the_folder_may_not_persist(
+    tmp_path: Path, persists: bool
+) -> None:
+    """A deployed node keeps the intersection in psi.json and only its SHA-256 in
+    context.state (every later message carries the state); a Ray cluster's nodes keep it there."""
+    _, summary, grid = run(tmp_path, Host(max_rounds=1), [Collaborator()], rounds=1, persists=persists)
+    assert summary["status"] == "completed"
+    config = grid.contexts[100].state.config_records["vertical"]
+    saved = tmp_path / "collaborators" / "c1" / "psi.json"
+    if persists:
+        assert "intersection" not in config
+        assert config["intersection-sha256"] == hashlib.sha256(saved.read_bytes()).hexdigest()
+    else:
+        assert list(config["intersection"]) == json.loads(saved.read_text())["intersection"]
+        assert "intersection-sha256" not in config
+
+
+def test_a_changed_intersection_file_stops_the_collaborator(tmp_path: Path) -> None:
+    """psi.json rewritten between messages (e.g. by another task in the same out-dir) is an
+    error naming the file, not a silent change of the training set."""
+    saved = tmp_path / "collaborators" / "c1" / "psi.json"
+
+    def tamper(handler: Handler) -> Handler:
+        def wrapped(message: Message, context: Context) -> Message:
+            if message.metadata.message_type == "train.exchange" and saved.exists():
+                ids = json.loads(saved.read_text())["intersection"]
+                saved.write_text(json.dumps({"intersection": ids[1:]}))
+            return handler(message, context)
+        return wrapped
+
+    with pytest.raises(TaskFailed, match=r"psi.json changed since this task's private set intersection"):
+        run(tmp_path, Host(max_rounds=1), [Collaborator()], rounds=1, wrap=tamper)
 
 
 def test_k_batches_per_exchange_cut_the_messages(tmp_path: Path) -> None:

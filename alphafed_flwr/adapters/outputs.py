@@ -32,9 +32,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def write_json(path: Path, payload: Mapping[str, Any], indent: int | None = 2) -> None:
-    """Atomically write JSON (``indent=None``: one line, by the C encoder, for big payloads)."""
-    atomic_write_bytes(path, json.dumps(payload, indent=indent, default=str).encode())
+def write_json(path: Path, payload: Mapping[str, Any]) -> None:
+    """Atomically write JSON."""
+    atomic_write_bytes(path, json.dumps(payload, indent=2, default=str).encode())
 
 
 class Checkpoint:

@@ -1,8 +1,9 @@
 """ClientApp of a vertical-task collaborator (``query.hello``, ``query.psi``, ``train.exchange``).
 
 Every message may run in a fresh process (deployment) or in any Ray actor (simulation), so
-the collaborator's feature model, optimizer state, ID intersection, PSI state and round
-live in the node's ``context.state`` as records, and the round's recorded inputs in a local
+the collaborator's feature model, optimizer state, PSI state and round live in the node's
+``context.state`` as records, the ID intersection in ``psi.json`` (with its SHA-256 in
+``context.state``; in the state itself where the folder may not persist), and the round's recorded inputs in a local
 cache file (see ``feature_replay``). Each completed round is also checkpointed locally, so a
 restarted task can resume. In simulation (``CollaboratorSettings.live_state``) the feature
 model, its optimizer and, at one batch per exchange, the sent features' autograd graph stay
@@ -11,6 +12,8 @@ in the actor instead, with a snapshot file for other processes (see ``live_state
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 import weakref
 from collections.abc import Callable
@@ -74,7 +77,7 @@ from .feature_replay import (
     replay_features,
 )
 from .live_state import LIVE_TOKEN, KeptGraph, LiveEntry, LiveState, backward_kept, forward_kept
-from .outputs import save_state_dict, write_json
+from .outputs import atomic_write_bytes, save_state_dict
 from .records import OPT_ARRAYS, OPT_CONFIG, arrays_to_state, restore_optimizer, save_optimizer, state_to_arrays
 from .templates import SchedulerSource, party_scheduler, stable_seed
 from .vertical_common import (
@@ -93,6 +96,8 @@ STATE = "vertical"
 MODEL = "feature.model"
 OPT_PREFIX = "feature."
 PSI_ARRAYS, PSI_KEYS = "psi.arrays", "psi.keys"
+PSI_FILE = "psi.json"  # this collaborator's intersection (its SHA-256 in the state: ``INTERSECTION_SHA256``)
+INTERSECTION_SHA256 = "intersection-sha256"
 # A collaborator's IDs during its PSI (``canonical_ids`` of ``local_ids()``), by scheduler:
 # computed once, not at each of the PSI's messages (about a second at 1,000,000 IDs).
 _PSI_IDS: weakref.WeakKeyDictionary[HeteroNNCollaboratorScheduler, dict[str, Any]] = weakref.WeakKeyDictionary()
@@ -119,6 +124,11 @@ class CollaboratorSettings:
         Keep the feature model, its optimizer and (one batch per exchange) the sent
         features' autograd graph in this process between messages, with a snapshot file for
         other processes, instead of in ``context.state`` (``live_state``; simulation).
+    folder_persists : bool
+        Every message of this node finds ``out_dir`` as the last one left it (a deployed
+        node, or every actor on one machine): the ID intersection stays in ``psi.json`` and
+        ``context.state`` keeps its SHA-256. False on a Ray cluster, whose actors may run on
+        other machines: the intersection then travels in ``context.state`` with every message.
     """
 
     task_id: str = "local-task"
@@ -127,6 +137,7 @@ class CollaboratorSettings:
     seed: int | None = None
     max_abs: float = DEFAULT_MAX_ABS
     live_state: bool = False
+    folder_persists: bool = True
 
 
 class VerticalCollaborator:
@@ -174,7 +185,7 @@ class VerticalCollaborator:
     def hello(self, payload: dict[str, Any]) -> dict[str, Any]:
         """Introduce this party; say which rounds it could resume from."""
         self.config["salt"] = bytes(payload[SALT])
-        saved = read_json(self.folder / "psi.json")
+        saved = read_json(self.folder / PSI_FILE)
         return {
             ROLE: COLLABORATOR,
             FEATURE_KEY: self.key,
@@ -203,9 +214,7 @@ class VerticalCollaborator:
                     TEST_SIZE: len(test_ids),
                 }
             )
-            if not self.settings.live_state:  # else read from psi.json (a smaller context.state)
-                self.config["intersection"] = list(mine)
-            write_json(self.folder / "psi.json", {"intersection": list(mine)}, indent=None)
+            self._keep_intersection(mine)
         return reply
 
     def exchange(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -383,21 +392,42 @@ class VerticalCollaborator:
         sched = self.sched
         load_module_arrays("feature", sched.feature_model, arrays)
         load_optimizer_arrays("feature-opt", sched.feature_optimizer, arrays, meta)
-        saved = read_json(self.folder / "psi.json")
+        saved = read_json(self.folder / PSI_FILE)
         if saved is None:
             raise ConfigError(f"'{self.key}' has no saved intersection to resume from")
-        if not self.settings.live_state:
-            self.config["intersection"] = list(saved["intersection"])
+        self._keep_intersection(list(saved["intersection"]))
         self._save_model()
 
     def _ensure_intersection(self) -> None:
         if self.sched._intersection is None:  # pylint: disable=protected-access
             saved = self.config.get("intersection")
-            if saved is None:  # live state: the intersection is only in psi.json
-                saved = (read_json(self.folder / "psi.json") or {}).get("intersection")
             if saved is None:
-                raise ConfigError(f"'{self.key}': training started before the private set intersection")
+                saved = self._saved_intersection()
             self._set_intersection(list(saved), canonical_ids(self.sched.local_ids()))  # type: ignore[arg-type]
+
+    def _keep_intersection(self, ids: list[str]) -> None:
+        """Write ``psi.json``; ``context.state`` keeps its SHA-256, or the IDs themselves
+        where the folder may not persist (``folder_persists``)."""
+        data = json.dumps({"intersection": ids}).encode()
+        atomic_write_bytes(self.folder / PSI_FILE, data)
+        if self.settings.folder_persists:
+            self.config[INTERSECTION_SHA256] = hashlib.sha256(data).hexdigest()
+        else:
+            self.config["intersection"] = ids
+
+    def _saved_intersection(self) -> list[str]:
+        """The intersection in ``psi.json``, checked against the SHA-256 in ``context.state``."""
+        expected = self.config.get(INTERSECTION_SHA256)
+        path = self.folder / PSI_FILE
+        if expected is None or not path.exists():
+            raise ConfigError(f"'{self.key}': training started before the private set intersection")
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != expected:
+            raise ConfigError(
+                f"'{self.key}': {path} changed since this task's private set intersection "
+                "(another task writing to the same out-dir?): give each task its own out-dir and restart it"
+            )
+        return list(json.loads(data)["intersection"])
 
     def _set_intersection(self, ids: list[str], originals: dict[str, Any]) -> None:
         """Record the intersection (``ids`` as strings) as this party's own ID objects

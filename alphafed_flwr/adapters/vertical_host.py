@@ -145,12 +145,17 @@ class VerticalHost:
         names = list(collaborators)
         start = time.monotonic()
         logger.info("Private set intersection of %d host IDs with %s", len(party.ids), ", ".join(names))
+        split: list[list[Any]] = []
+
+        def on_common(common: list[str]) -> None:  # while the collaborators resolve theirs
+            sched.set_intersection(map(originals.__getitem__, common))
+            split.extend(check_split(self.feature_key, sched.train_ids, sched.test_ids))
+
         try:
-            common, replies = run_psi(party, names, lambda reqs: exchange(reqs))
+            common, replies = run_psi(party, names, lambda reqs: exchange(reqs), on_common=on_common)
         except PsiError as exc:
             raise TaskFailed(f"private set intersection failed: {exc}") from exc
-        sched.set_intersection(map(originals.__getitem__, common))
-        train_ids, test_ids = check_split(self.feature_key, sched.train_ids, sched.test_ids)
+        train_ids, test_ids = split
         mine = split_digest(self.salt, train_ids, test_ids)
         for name, reply in replies.items():
             if reply.get(SPLIT_DIGEST) != mine:

@@ -50,7 +50,10 @@ def simulate_vertical(host_ref: str | None, collaborator_refs: list[str], settin
     host_template = PickledTemplate(host)
     host_settings = settings.vertical_settings(mode="simulation", host=host_ref, collaborators=collaborator_refs)
     # a private Ray instance runs every actor on this machine: they share the live snapshots
-    client_settings = dataclasses.replace(settings.collaborator_settings(), live_state=settings.ray_address is None)
+    one_machine = settings.ray_address is None
+    client_settings = dataclasses.replace(
+        settings.collaborator_settings(), live_state=one_machine, folder_persists=one_machine
+    )
     summary: dict[str, Any] = {}
     server_app = ServerApp()
 
