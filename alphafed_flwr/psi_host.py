@@ -19,7 +19,11 @@ OnCommon = Callable[[list[str]], None]
 
 
 def run_psi(
-    host: PsiParty, collaborators: list[str], exchange: Exchange, chunk: int = CHUNK, on_common: OnCommon | None = None
+    host: PsiParty,
+    collaborators: list[str],
+    exchange: Exchange,
+    chunk: int = CHUNK,
+    on_common: OnCommon | None = None,
 ) -> tuple[list[str], dict[str, dict[str, Any]]]:
     """Drive the protocol from the host.
 

@@ -16,7 +16,8 @@ of raw multiplications drifts by several percent within minutes), so the bench r
 deployment ``--repeat`` times (default 3), each between two rate measurements and against
 its own limit, and reports the median ratio with every run's; it also prints the load
 average and the CPU seconds both parties' process trees spent during the PSI against the CPU
-seconds of 4n raw multiplications (rates per CPU second, same measurements).
+seconds of 4n raw multiplications (rates per CPU second, same measurements), and those CPU
+seconds by process (``psi_cpu_seconds_by_role``: ServerApp, executor, SuperLink, SuperNode).
 ``--in-process IDS`` also runs the protocol with both parties in this process (messages
 through the payload codec, no transport): its CPU seconds against raw multiplications are
 the protocol's own overhead, hashing included. The task is

@@ -62,7 +62,9 @@ def run(tmp_path: Path, host: Host, collaborators: list[Collaborator], rounds: i
     sources = [PickledTemplate(c) for c in collaborators]
     app = collaborator_client_app(
         lambda ctx: sources[ctx.node_config["partition-id"]],
-        lambda ctx: CollaboratorSettings(task_id=TASK, out_dir=str(tmp_path), live_state=live, folder_persists=persists),
+        lambda ctx: CollaboratorSettings(
+            task_id=TASK, out_dir=str(tmp_path), live_state=live, folder_persists=persists
+        ),
     )
     wrap = wrap or (lambda handler: handler)
     handlers = {100 + i: wrap(lambda m, c: app(m, c)) for i in range(len(collaborators))}

@@ -3,9 +3,9 @@
 Every message may run in a fresh process (deployment) or in any Ray actor (simulation), so
 the collaborator's feature model, optimizer state, PSI state and round live in the node's
 ``context.state`` as records, the ID intersection in ``psi.json`` (with its SHA-256 in
-``context.state``; in the state itself where the folder may not persist), and the round's recorded inputs in a local
-cache file (see ``feature_replay``). Each completed round is also checkpointed locally, so a
-restarted task can resume. In simulation (``CollaboratorSettings.live_state``) the feature
+``context.state``; in the state itself where the folder may not persist), and the round's
+recorded inputs in a local cache file (see ``feature_replay``). Each completed round is also
+checkpointed locally, so a restarted task can resume. In simulation (``CollaboratorSettings.live_state``) the feature
 model, its optimizer and, at one batch per exchange, the sent features' autograd graph stay
 in the actor instead, with a snapshot file for other processes (see ``live_state``).
 """
